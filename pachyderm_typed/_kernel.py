@@ -1,0 +1,86 @@
+"""The activation kernel: the one step every ecosystem runs.
+
+"Take a message for an entity, run ``activate`` on its state, validate what it
+returned" is written here once. Ecosystems differ only in where states and
+pending messages live and in how work is scheduled around this step.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from pachyderm_typed._address import Address, Envelope
+from pachyderm_typed._ecosystem import Declaration, EntitySpec
+from pachyderm_typed.errors import ActivationError, SendInsideActivationError
+
+_local = threading.local()
+
+
+@contextmanager
+def activating() -> Iterator[None]:
+    """Mark this thread as running activations (entered once per batch, not per message)."""
+    depth = getattr(_local, "depth", 0)
+    _local.depth = depth + 1
+    try:
+        yield
+    finally:
+        _local.depth = depth
+
+
+def forbid_inside_activation(operation: str) -> None:
+    if getattr(_local, "depth", 0):
+        raise SendInsideActivationError(
+            f"{operation}() was called from inside activate(): an entity's only side effects "
+            "are the envelopes it returns, so return them in the outbox instead"
+        )
+
+
+class Kernel:
+    """Runs activations for one declaration."""
+
+    __slots__ = ("declaration", "_by_class")
+
+    def __init__(self, declaration: Declaration) -> None:
+        self.declaration = declaration
+        self._by_class = declaration.by_class
+
+    def initial_state(self, spec: EntitySpec, address: Address[Any, Any, Any]) -> object:
+        return spec.impl.init(address.id)
+
+    def activate(
+        self,
+        spec: EntitySpec,
+        address: Address[Any, Any, Any],
+        message: object,
+        state: object,
+        history: Callable[[Address[Any, Any, Any]], Sequence[object]],
+    ) -> tuple[Sequence[Envelope[Any, Any]], object]:
+        """Run one activation; return ``(outbox, new_state)`` or raise ``ActivationError``."""
+        try:
+            result = spec.impl.activate(message, state)
+        except Exception as exc:
+            raise ActivationError(address, message, state, history(address), f"{type(exc).__name__}: {exc}") from exc
+        if type(result) is not tuple or len(result) != 2:
+            raise ActivationError(
+                address, message, state, history(address),
+                f"activate must return (outbox, new_state), it returned {result!r}",
+            )
+        outbox, new_state = result
+        by_class = self._by_class
+        try:
+            for envelope in outbox:
+                target = by_class.get(envelope.address.entity) if type(envelope) is Envelope else None
+                if (
+                    target is None
+                    or (target.message_check is not None and not isinstance(envelope.message, target.message_check))
+                    or (target.id_check is not None and not isinstance(envelope.address.id, target.id_check))
+                ):
+                    self.declaration.check_envelope(envelope)  # raises the precise error
+        except Exception as exc:
+            raise ActivationError(
+                address, message, state, history(address), f"its outbox is invalid: {exc}"
+            ) from exc
+        return outbox, new_state

@@ -1,0 +1,7 @@
+"""The environments that run entities. All share one API (see ``World``)."""
+
+from __future__ import annotations
+
+from pachyderm_typed.ecosystems._inmemory import InMemory
+
+__all__ = ["InMemory"]
