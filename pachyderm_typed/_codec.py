@@ -1,0 +1,355 @@
+"""The codec: one cattrs converter per declaration, used by every durable store.
+
+Everything stored (states, pending messages, dead letters) is JSON produced by
+this converter. Loading a record builds plain attrs objects from JSON; it never
+runs code from the file (no pickle, no eval).
+
+Layout of the JSON:
+
+* an attrs class is an object of its fields;
+* a member of a union that is an attrs class carries ``"_type": <tag>``, where
+  the tag is the class's ``__qualname__`` or its ``pachyderm_tag`` class attribute
+  (set it before renaming a class that appears in a union);
+* an ``Address`` is ``{"kind": ..., "id": ...}``; ``UUID`` a string; tuples,
+  lists, sets and frozensets arrays; ``datetime``/``date`` ISO strings; bytes base85;
+* a state record is ``{"v": state_version, "s": state}``;
+* a message record is ``{"kind": ..., "id": ..., "m": message}``.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import datetime
+import enum
+import json
+import types
+import typing
+import uuid
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+import attrs
+import cattrs
+from cattrs.preconf.json import make_converter
+
+from pachyderm_typed._address import Address, Envelope, make_address, make_envelope
+from pachyderm_typed._ecosystem import Declaration, EntitySpec
+from pachyderm_typed.errors import CodecError, DeclarationError, UpgradeError
+
+_TAG = "_type"
+_LEAVES = (str, int, float, bool, bytes, type(None), uuid.UUID, datetime.datetime, datetime.date)
+_CONTAINERS = {
+    list, tuple, set, frozenset, dict,
+    collections.abc.Sequence, collections.abc.MutableSequence, collections.abc.Set,
+    collections.abc.MutableSet, collections.abc.Mapping, collections.abc.MutableMapping,
+}
+
+
+def tag_of(cls: type) -> str:
+    """The stable name a union member is stored under."""
+    tag = getattr(cls, "pachyderm_tag", None)
+    return tag if isinstance(tag, str) else cls.__qualname__
+
+
+def _is_union(tp: object) -> bool:
+    return get_origin(tp) in (Union, types.UnionType)
+
+
+def _is_address(tp: object) -> bool:
+    return tp is Address or get_origin(tp) is Address
+
+
+def _dumps(value: object) -> bytes:
+    # surrogatepass: a str id holding lone surrogates (from undecodable bytes) must round-trip.
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode(
+        "utf-8", "surrogatepass"
+    )
+
+
+def _loads(data: bytes) -> Any:
+    return json.loads(bytes(data).decode("utf-8", "surrogatepass"))
+
+
+class Codec:
+    """Encodes and decodes everything a durable ecosystem stores, for one declaration.
+
+    Building it checks every id, message and state type of the declaration and
+    raises ``DeclarationError`` naming the first type it cannot store.
+    """
+
+    def __init__(self, declaration: Declaration) -> None:
+        self.declaration = declaration
+        self.converter = converter = make_converter()
+        converter.register_unstructure_hook(uuid.UUID, str)
+        converter.register_structure_hook(uuid.UUID, lambda value, _: uuid.UUID(value))
+        converter.register_unstructure_hook_func(_is_address, self._unstructure_address)
+        converter.register_structure_hook_func(_is_address, self._structure_address)
+        converter.register_unstructure_hook_factory(_is_union, self._union_unstructure_hook)
+        converter.register_structure_hook_func(_is_union, self._structure_union)
+        self._union_members: dict[object, tuple[Any, ...]] = {}
+        for spec in declaration.specs:
+            for role, tp in (("id", spec.id_type), ("message", spec.message_type), ("state", spec.state_type)):
+                try:
+                    self._check(tp, set())
+                except CodecError as exc:
+                    raise DeclarationError(f"{spec.cls.__qualname__} cannot be stored: its {role} type {exc}") from None
+                if role == "id" and tp in (Any, object):
+                    raise DeclarationError(
+                        f"{spec.cls.__qualname__} has id type {tp!r}: ids are stored as keys, so give "
+                        "them a concrete type (str, int, UUID, or a tuple of these)"
+                    )
+
+    # -- declaration-time check -----------------------------------------------------
+
+    def _check(self, tp: object, seen: set[object]) -> None:
+        """Raise CodecError naming the part of ``tp`` the converter cannot store."""
+        if tp is Any or tp is object or tp in _LEAVES or _is_address(tp):
+            return
+        if isinstance(tp, TypeVar):
+            raise CodecError(f"uses the type variable {tp}: give it a concrete type")
+        origin = get_origin(tp)
+        if origin is Literal:
+            return
+        if origin is typing.Annotated:
+            return self._check(get_args(tp)[0], seen)
+        if _is_union(tp):
+            members = get_args(tp)
+            containers = [m for m in members if get_origin(m) in _CONTAINERS or m in _CONTAINERS]
+            if containers:
+                raise CodecError(
+                    f"{_name(tp)} mixes containers into a union, which cannot be told apart when loaded: "
+                    "wrap them in attrs classes"
+                )
+            tags: dict[str, object] = {}
+            for member in members:
+                if attrs.has(member) if isinstance(member, type) else False:
+                    tag = tag_of(member)
+                    if tag in tags:
+                        raise CodecError(
+                            f"{_name(tp)} has two members tagged {tag!r}: set pachyderm_tag on one of them"
+                        )
+                    tags[tag] = member
+                self._check(member, seen)
+            return
+        if origin in _CONTAINERS:
+            for arg in get_args(tp):
+                if arg is not Ellipsis:
+                    self._check(arg, seen)
+            return
+        if tp in _CONTAINERS:
+            return
+        if isinstance(tp, type):
+            if issubclass(tp, enum.Enum):
+                return
+            if tp in seen:
+                return
+            if attrs.has(tp) or dataclasses.is_dataclass(tp):
+                seen.add(tp)
+                try:
+                    hints = typing.get_type_hints(tp)
+                except NameError as exc:
+                    raise CodecError(
+                        f"{tp.__qualname__} has an annotation that cannot be resolved ({exc}): "
+                        "define the classes it names at module level"
+                    ) from None
+                for name, field_type in hints.items():
+                    if name.startswith("__") or get_origin(field_type) is typing.ClassVar:
+                        continue
+                    try:
+                        self._check(field_type, seen)
+                    except CodecError as exc:
+                        raise CodecError(f"{tp.__qualname__}.{name}: {exc}") from None
+                return
+        supertype = getattr(tp, "__supertype__", None)
+        if supertype is not None:
+            return self._check(supertype, seen)
+        raise CodecError(
+            f"{_name(tp)} is not storable: use attrs classes, str, int, float, bool, bytes, UUID, "
+            "datetime, enums, Address, or lists/tuples/sets/dicts of these"
+        )
+
+    # -- hooks --------------------------------------------------------------------------
+
+    def _unstructure_address(self, address: Address[Any, Any, Any]) -> dict[str, Any]:
+        spec = self.declaration.by_class.get(address.entity)
+        if spec is None:
+            raise CodecError(f"cannot store {address!r}: {address.kind} is not declared in this ecosystem")
+        return {"kind": spec.kind, "id": self.converter.unstructure(address.id, spec.id_type)}
+
+    def _structure_address(self, value: Any, _: object) -> Address[Any, Any, Any]:
+        try:
+            kind, raw_id = value["kind"], value["id"]
+        except (TypeError, KeyError):
+            raise CodecError(f"expected an address {{'kind': ..., 'id': ...}}, found {value!r}") from None
+        spec = self._spec_of_kind(kind)
+        return make_address(spec.cls, self.converter.structure(raw_id, spec.id_type))
+
+    def _union_unstructure_hook(self, tp: Any) -> Callable[[Any], Any]:
+        unstructure = self.converter.unstructure
+
+        def unstructure_member(value: Any) -> Any:
+            cls = type(value)
+            if attrs.has(cls):
+                data = unstructure(value, cls)
+                data[_TAG] = tag_of(cls)
+                return data
+            return unstructure(value, cls)
+
+        return unstructure_member
+
+    def _structure_union(self, value: Any, tp: Any) -> Any:
+        members: tuple[Any, ...] | None = self._union_members.get(tp)
+        if members is None:
+            members = self._union_members[tp] = get_args(tp)
+        if value is None:
+            if type(None) in members or Any in members:
+                return None
+        elif isinstance(value, dict):
+            tag = value.get(_TAG)
+            if tag is not None:
+                for member in members:
+                    if isinstance(member, type) and attrs.has(member) and tag_of(member) == tag:
+                        fields = {k: v for k, v in value.items() if k != _TAG}
+                        return self.converter.structure(fields, member)
+                raise CodecError(f"no member of {_name(tp)} is tagged {tag!r}")
+            for member in members:
+                if _is_address(member):
+                    return self._structure_address(value, member)
+                if get_origin(member) in (dict, collections.abc.Mapping) or member is dict:
+                    return self.converter.structure(value, member)
+        else:
+            for member in members:
+                if member in (bool, int, float, str) and type(value) is member:
+                    return value
+            for member in members:
+                if member is float and type(value) is int:
+                    return float(value)
+            for member in members:
+                if member is Any or get_origin(member) is Literal:
+                    return self.converter.structure(value, member)
+                if member in _LEAVES or (isinstance(member, type) and issubclass(member, enum.Enum)):
+                    try:
+                        return self.converter.structure(value, member)
+                    except Exception:
+                        continue
+        raise CodecError(f"{value!r} is not a stored {_name(tp)}")
+
+    def _spec_of_kind(self, kind: object) -> EntitySpec:
+        spec = self.declaration.by_kind.get(kind) if isinstance(kind, str) else None
+        if spec is None:
+            raise CodecError(
+                f"the stored record names entity kind {kind!r}, which {self.declaration.name} does not "
+                "declare: declare it (or set kind = ... on the renamed class)"
+            )
+        return spec
+
+    # -- records ------------------------------------------------------------------------
+
+    def encode_id(self, spec: EntitySpec, entity_id: object) -> bytes:
+        """Canonical bytes of an id: equal ids give equal bytes (used in keys)."""
+        try:
+            return _dumps(self.converter.unstructure(entity_id, spec.id_type))
+        except Exception as exc:
+            raise CodecError(f"cannot store the id {entity_id!r} of {spec.kind}: {exc}") from exc
+
+    def decode_id(self, spec: EntitySpec, data: bytes) -> object:
+        try:
+            return self.converter.structure(_loads(data), spec.id_type)
+        except Exception as exc:
+            raise CodecError(f"a stored {spec.kind} id is corrupt ({data[:80]!r}): {exc}") from exc
+
+    def encode_state(self, spec: EntitySpec, state: object) -> bytes:
+        try:
+            return _dumps({"v": spec.state_version, "s": self.converter.unstructure(state, spec.state_type)})
+        except Exception as exc:
+            raise CodecError(f"cannot store the state {state!r} of {spec.kind}: {exc}") from exc
+
+    def unstructure_state(self, spec: EntitySpec, state: object) -> Any:
+        return self.converter.unstructure(state, spec.state_type)
+
+    def decode_state(self, spec: EntitySpec, data: bytes, where: str = "") -> object:
+        """Load a state record, upgrading it step by step from older versions."""
+        try:
+            record = _loads(data)
+            version, raw = record["v"], record["s"]
+            if not isinstance(version, int):
+                raise TypeError(f"version {version!r} is not an int")
+        except Exception as exc:
+            raise CodecError(f"the stored state of {where or spec.kind} is corrupt: {exc}") from exc
+        raw = self.upgrade(spec, version, raw, where)
+        try:
+            return self.converter.structure(raw, spec.state_type)
+        except Exception as exc:
+            raise CodecError(
+                f"the stored state of {where or spec.kind} (version {version}) does not fit "
+                f"{_name(spec.state_type)}: {_cattrs_reason(exc)}. If the state type changed, raise "
+                f"{spec.cls.__qualname__}.state_version and add an upgrade"
+            ) from exc
+
+    def upgrade(self, spec: EntitySpec, version: int, raw: Any, where: str = "") -> Any:
+        if version > spec.state_version:
+            raise UpgradeError(
+                f"the stored state of {where or spec.kind} has state_version {version}, but this code "
+                f"knows {spec.cls.__qualname__} only up to version {spec.state_version}: it was written "
+                "by newer code; run that code (nothing was changed)"
+            )
+        if version < 1:
+            raise UpgradeError(f"the stored state of {where or spec.kind} has invalid state_version {version}")
+        while version < spec.state_version:
+            step = spec.upgrades[version]
+            try:
+                raw = step(raw)
+            except Exception as exc:
+                raise UpgradeError(
+                    f"upgrading the stored state of {where or spec.kind} from version {version} to "
+                    f"{version + 1} raised {type(exc).__name__}: {exc} (nothing was changed)"
+                ) from exc
+            version += 1
+        return raw
+
+    def encode_message(self, envelope: Envelope[Any, Any]) -> bytes:
+        spec = self.declaration.spec_for(envelope.address.entity)
+        try:
+            return _dumps({
+                "kind": spec.kind,
+                "id": self.converter.unstructure(envelope.address.id, spec.id_type),
+                "m": self.converter.unstructure(envelope.message, spec.message_type),
+            })
+        except Exception as exc:
+            raise CodecError(f"cannot store the message {envelope!r}: {exc}") from exc
+
+    def decode_message(self, data: bytes) -> Envelope[Any, Any]:
+        try:
+            record = _loads(data)
+            kind, raw_id, raw_message = record["kind"], record["id"], record["m"]
+        except Exception as exc:
+            raise CodecError(f"a stored message is corrupt: {exc}") from exc
+        spec = self._spec_of_kind(kind)
+        try:
+            entity_id = self.converter.structure(raw_id, spec.id_type)
+            message = self.converter.structure(raw_message, spec.message_type)
+        except Exception as exc:
+            raise CodecError(
+                f"a stored message for {kind} does not fit its declared types: {_cattrs_reason(exc)}"
+            ) from exc
+        return make_envelope(make_address(spec.cls, entity_id), message)
+
+    def encode(self, value: Any) -> bytes:
+        """Encode already-unstructured JSON data (for store metadata)."""
+        return _dumps(value)
+
+    def decode(self, data: bytes) -> Any:
+        return _loads(data)
+
+
+def _name(tp: object) -> str:
+    if isinstance(tp, type):
+        return tp.__qualname__
+    return repr(tp).replace("typing.", "")
+
+
+def _cattrs_reason(exc: BaseException) -> str:
+    if isinstance(exc, cattrs.BaseValidationError):
+        return "; ".join(cattrs.transform_error(exc))
+    return f"{type(exc).__name__}: {exc}"
