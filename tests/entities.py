@@ -1,0 +1,140 @@
+"""Entity types shared by the behaviour tests (module level, so every store can resolve them)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import attrs
+
+from pachyderm_typed import Ecosystem, Entity, Outbox, ReplyTo
+
+
+@attrs.frozen
+class Increment:
+    by: int = 1
+
+
+class Counter(Entity[str, Increment, int]):
+    def init(self, entity_id: str) -> int:
+        return 0
+
+    def activate(self, message: Increment, state: int) -> tuple[Outbox, int]:
+        return [], state + message.by
+
+
+@attrs.frozen
+class Ping:
+    reply_to: ReplyTo[Pong]
+
+
+@attrs.frozen
+class Pong: ...
+
+
+class PingPong(Entity[str, Ping | Pong, str | None]):
+    def activate(self, message: Ping | Pong, state: str | None) -> tuple[Outbox, str | None]:
+        match message:
+            case Ping(reply_to=reply_to):
+                return [reply_to.post(Pong())], "pinged"
+            case Pong():
+                return [], "ponged"
+
+
+@attrs.frozen
+class Record:
+    sender: str
+    n: int
+
+
+class Recorder(Entity[str, Record, tuple[Record, ...]]):
+    """Keeps every message it received, in order."""
+
+    def init(self, entity_id: str) -> tuple[Record, ...]:
+        return ()
+
+    def activate(self, message: Record, state: tuple[Record, ...]) -> tuple[Outbox, tuple[Record, ...]]:
+        return [], (*state, message)
+
+
+@attrs.frozen
+class Burst:
+    """Ask a Fanout to send ``count`` numbered records to ``target`` in one outbox."""
+
+    target: str
+    count: int
+
+
+class Fanout(Entity[str, Burst, int]):
+    def init(self, entity_id: str) -> int:
+        return 0
+
+    def activate(self, message: Burst, state: int) -> tuple[Outbox, int]:
+        return [Recorder.post(message.target, Record("fanout", n)) for n in range(message.count)], state + 1
+
+
+@attrs.frozen
+class Forward:
+    """Add ``by`` to the counter ``to`` (forwarded through the outbox)."""
+
+    to: str
+    by: int = 1
+
+
+class Forwarder(Entity[str, Forward, int]):
+    def init(self, entity_id: str) -> int:
+        return 0
+
+    def activate(self, message: Forward, state: int) -> tuple[Outbox, int]:
+        return [Counter.post(message.to, Increment(message.by))], state + 1
+
+
+@attrs.frozen
+class Work:
+    value: int
+
+
+@attrs.frozen
+class Unlock: ...
+
+
+@attrs.frozen
+class Gate:
+    open: bool = False
+    total: int = 0
+
+
+class Picky(Entity[str, Work | Unlock, Gate]):
+    """Fails on Work until it has been unlocked; then sums the work."""
+
+    def init(self, entity_id: str) -> Gate:
+        return Gate()
+
+    def activate(self, message: Work | Unlock, state: Gate) -> tuple[Outbox, Gate]:
+        match message:
+            case Unlock():
+                return [], attrs.evolve(state, open=True)
+            case Work(value=value):
+                if not state.open:
+                    raise ValueError(f"gate closed, cannot take {value}")
+                return [], attrs.evolve(state, total=state.total + value)
+
+
+# Set by a test to something an activation calls: lets a test make activate misbehave.
+HOOK: list[Callable[[], object]] = []
+
+
+@attrs.frozen
+class Poke: ...
+
+
+class Hooked(Entity[str, Poke, int]):
+    def init(self, entity_id: str) -> int:
+        return 0
+
+    def activate(self, message: Poke, state: int) -> tuple[Outbox, int]:
+        for hook in HOOK:
+            hook()
+        return [], state + 1
+
+
+class App(Ecosystem[Counter | PingPong | Recorder | Fanout | Forwarder | Picky | Hooked]): ...

@@ -1,0 +1,291 @@
+"""The behaviour every ecosystem shares, run on each (see conftest.make_world)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+
+from pachyderm_typed import (
+    ActivationError,
+    ClosedError,
+    Ecosystem,
+    MessageTypeError,
+    SendInsideActivationError,
+    UndeclaredEntityError,
+)
+from pachyderm_typed._address import make_envelope
+from tests import entities as ents
+from tests.conftest import MakeWorld
+from tests.entities import (
+    App,
+    Burst,
+    Counter,
+    Fanout,
+    Forward,
+    Forwarder,
+    Hooked,
+    Increment,
+    Picky,
+    Ping,
+    PingPong,
+    Poke,
+    Record,
+    Recorder,
+    Unlock,
+    Work,
+)
+
+WAIT = 20.0  # seconds a test waits for a cascade before it fails
+
+
+def test_send_sync_returns_each_new_state(make_world: MakeWorld) -> None:
+    world = make_world(App)
+    assert world.send_sync(Counter.post("c", Increment())) == 1
+    assert world.send_sync(Counter.post("c", Increment(by=5))) == 6
+    assert world.send_sync(Counter.post("other", Increment())) == 1
+    assert world.state(Counter.address("c")) == 6
+
+
+def test_state_of_a_new_entity_is_init_and_reading_it_creates_nothing(make_world: MakeWorld) -> None:
+    world = make_world(App)
+    assert world.state(Counter.address("never")) == 0
+    assert world.state(PingPong.address("nobody")) is None  # default init
+    assert world.send_sync(Counter.post("never", Increment())) == 1
+
+
+def test_ping_pong_replies_through_the_reply_address(make_world: MakeWorld) -> None:
+    world = make_world(App)
+    with world.follow(PingPong.address("alice")) as alice:
+        assert alice.state is None
+        assert world.send_sync(PingPong.post("bob", Ping(reply_to=PingPong.address("alice")))) == "pinged"
+        assert alice.next(timeout=WAIT) == "ponged"
+        assert alice.state == "ponged"
+    assert world.state(PingPong.address("alice")) == "ponged"
+
+
+def test_follow_sees_the_current_state_then_every_later_state_in_order(make_world: MakeWorld) -> None:
+    world = make_world(App)
+    world.send_sync(Counter.post("f", Increment(by=10)))
+    with world.follow(Counter.address("f")) as updates:
+        assert updates.state == 10
+        for _ in range(5):
+            world.send(Counter.post("f", Increment()))
+        assert [updates.next(timeout=WAIT) for _ in range(5)] == [11, 12, 13, 14, 15]
+
+
+def test_messages_from_one_sender_arrive_in_order(make_world: MakeWorld) -> None:
+    world = make_world(App)
+    for n in range(30):
+        world.send(Recorder.post("log", Record("outside", n)))
+    assert [r.n for r in world.state(Recorder.address("log"))] == list(range(30))
+
+
+def test_an_outbox_is_delivered_in_order(make_world: MakeWorld) -> None:
+    world = make_world(App)
+    with world.follow(Recorder.address("fan")) as log:
+        world.send_sync(Fanout.post("f", Burst("fan", 25)))
+        states = [log.next(timeout=WAIT) for _ in range(25)]
+    assert [r.n for r in states[-1]] == list(range(25))
+
+
+def test_forwarded_messages_reach_their_target(make_world: MakeWorld) -> None:
+    world = make_world(App)
+    with world.follow(Counter.address("target")) as target:
+        for _ in range(10):
+            world.send(Forwarder.post("fw", Forward("target", 2)))
+        seen = [target.next(timeout=WAIT) for _ in range(10)]
+    assert seen == [2, 4, 6, 8, 10, 12, 14, 16, 18, 20]
+    assert world.state(Forwarder.address("fw")) == 10
+
+
+def test_a_failed_send_sync_raises_and_the_entity_keeps_its_state(make_world: MakeWorld) -> None:
+    world = make_world(App)
+    world.send_sync(Picky.post("p", Unlock()))
+    world.send_sync(Picky.post("p", Work(3)))
+    world.send_sync(Picky.post("p", Work(4)))
+    with pytest.raises(ActivationError) as caught:
+        world.send_sync(Picky.post("locked", Work(7)))
+    error = caught.value
+    assert error.address == Picky.address("locked")
+    assert error.message == Work(7)
+    assert error.state == ents.Gate()
+    assert isinstance(error.__cause__, ValueError)
+    assert "gate closed, cannot take 7" in str(error)
+    assert world.dead_letters() == []  # the caller got the error
+    assert world.state(Picky.address("locked")) == ents.Gate()
+    assert world.send_sync(Picky.post("locked", Unlock())) == ents.Gate(open=True)
+    assert world.state(Picky.address("p")) == ents.Gate(open=True, total=7)
+
+
+def test_activation_error_lists_what_the_entity_received_before(make_world: MakeWorld) -> None:
+    world = make_world(App)
+    world.send_sync(Picky.post("other", Unlock()))
+    world.send(Picky.post("h", Work(5)))  # fails too: becomes a dead letter
+    world.send_sync(Picky.post("other", Work(1)))
+    with pytest.raises(ActivationError) as caught:
+        world.send_sync(Picky.post("h", Work(6)))
+    assert list(caught.value.history) == [Work(5)]
+    assert "Work(value=5)" in str(caught.value)
+
+
+def test_a_failed_send_becomes_a_dead_letter_that_can_be_retried(make_world: MakeWorld) -> None:
+    world = make_world(App)
+    world.send(Picky.post("d", Work(5)))
+    letters = world.dead_letters()
+    assert [letter.envelope for letter in letters] == [Picky.post("d", Work(5))]
+    assert "gate closed" in letters[0].reason
+    world.send_sync(Picky.post("d", Unlock()))
+    world.retry(letters[0])
+    assert world.dead_letters() == []
+    assert world.state(Picky.address("d")) == ents.Gate(open=True, total=5)
+
+
+def test_dead_letters_can_be_discarded(make_world: MakeWorld) -> None:
+    world = make_world(App)
+    world.send(Picky.post("x", Work(1)))
+    world.send(Picky.post("x", Work(2)))
+    first, second = world.dead_letters()
+    world.discard(first)
+    assert world.dead_letters() == [second]
+    with pytest.raises(LookupError):
+        world.discard(first)
+
+
+def test_untyped_callers_get_clear_errors_and_nothing_changes(make_world: MakeWorld) -> None:
+    world = make_world(App)
+    world.send_sync(Counter.post("u", Increment()))
+    bad: Any = Counter.post("u", "increment")  # type: ignore[arg-type]
+    with pytest.raises(MessageTypeError, match="Counter accepts messages of type Increment"):
+        world.send_sync(bad)
+    with pytest.raises(MessageTypeError, match="Counter ids are str"):
+        world.send(Counter.post(42, Increment()))  # type: ignore[arg-type]
+
+    class Stranger(Counter):
+        kind = "Stranger"
+
+    with pytest.raises(UndeclaredEntityError, match="Stranger is not declared in App"):
+        world.send(Stranger.post("u", Increment()))
+    with pytest.raises(UndeclaredEntityError):
+        world.follow(Stranger.address("u"))
+    with pytest.raises(TypeError, match="expected an Envelope"):
+        world.send(("u", Increment()))  # type: ignore[arg-type]
+    assert world.state(Counter.address("u")) == 1
+    assert world.dead_letters() == []
+
+
+def test_send_inside_activate_is_reported(make_world: MakeWorld) -> None:
+    world = make_world(App)
+    ents.HOOK.append(lambda: world.send(Counter.post("side", Increment())))
+    try:
+        with pytest.raises(ActivationError) as caught:
+            world.send_sync(Hooked.post("h", Poke()))
+    finally:
+        ents.HOOK.clear()
+    assert isinstance(caught.value.__cause__, SendInsideActivationError)
+    assert "outbox" in str(caught.value.__cause__)
+    assert world.state(Hooked.address("h")) == 0
+    assert world.state(Counter.address("side")) == 0
+
+
+def test_an_invalid_outbox_fails_the_activation(make_world: MakeWorld) -> None:
+    world = make_world(App)
+    wrong = make_envelope(Counter.address("c"), "not an Increment")
+    ents.HOOK.append(lambda: None)
+    original = Hooked.activate
+
+    def bad_activate(self: Hooked, message: Poke, state: int) -> Any:
+        return [wrong], state + 1
+
+    Hooked.activate = bad_activate  # type: ignore[method-assign]
+    try:
+        with pytest.raises(ActivationError, match="outbox is invalid"):
+            world.send_sync(Hooked.post("o", Poke()))
+    finally:
+        Hooked.activate = original  # type: ignore[method-assign]
+        ents.HOOK.clear()
+    assert world.state(Hooked.address("o")) == 0
+    assert world.state(Counter.address("c")) == 0
+
+
+def test_concurrent_threads_each_see_their_own_result(make_world: MakeWorld) -> None:
+    world = make_world(App)
+    results: list[list[int]] = [[] for _ in range(8)]
+
+    def run(slot: int) -> None:
+        for _ in range(40):
+            results[slot].append(world.send_sync(Counter.post("shared", Increment())))
+
+    threads = [threading.Thread(target=run, args=(slot,)) for slot in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = sorted(value for slot in results for value in slot)
+    assert every == list(range(1, 321))  # each increment applied once, each caller saw its own
+    for slot in results:
+        assert slot == sorted(slot)
+    assert world.state(Counter.address("shared")) == 320
+
+
+def test_async_twins(make_world: MakeWorld) -> None:
+    world = make_world(App)
+
+    async def main() -> list[int]:
+        assert await world.asend_sync(Counter.post("a", Increment())) == 1
+        seen: list[int] = []
+        with world.follow(Counter.address("a")) as updates:
+            await asyncio.gather(*(world.asend(Counter.post("a", Increment())) for _ in range(5)))
+            async for state in updates:
+                seen.append(state)
+                if state == 6:
+                    break
+        with pytest.raises(ActivationError):
+            await world.asend_sync(Picky.post("async", Work(1)))
+        return seen
+
+    assert asyncio.run(main()) == [2, 3, 4, 5, 6]
+
+
+def test_async_senders_share_the_world_with_threads(make_world: MakeWorld) -> None:
+    world = make_world(App)
+
+    async def main() -> list[int]:
+        return await asyncio.gather(*(world.asend_sync(Counter.post("mix", Increment())) for _ in range(50)))
+
+    thread = threading.Thread(target=lambda: [world.send_sync(Counter.post("mix", Increment())) for _ in range(50)])
+    thread.start()
+    values = asyncio.run(main())
+    thread.join()
+    assert len(set(values)) == 50
+    assert world.state(Counter.address("mix")) == 100
+
+
+def test_an_implementation_can_be_swapped_for_a_double(make_world: MakeWorld) -> None:
+    class DoublingCounter(Counter):
+        def activate(self, message: Increment, state: int) -> tuple[Any, int]:
+            return [], state + 2 * message.by
+
+    world = make_world(App, implementations={Counter: DoublingCounter()})
+    assert world.send_sync(Counter.post("d", Increment(by=3))) == 6
+
+
+def test_a_closed_world_refuses_work(make_world: MakeWorld) -> None:
+    world = make_world(App)
+    subscription = world.follow(Counter.address("z"))
+    world.close()
+    with pytest.raises(ClosedError):
+        world.send(Counter.post("z", Increment()))
+    with pytest.raises(ClosedError):
+        world.send_sync(Counter.post("z", Increment()))
+    assert list(subscription) == []  # iteration ends
+    world.close()  # idempotent
+
+
+def test_a_single_entity_declaration_works(make_world: MakeWorld) -> None:
+    world = make_world(Ecosystem[Counter])
+    assert world.send_sync(Counter.post("solo", Increment())) == 1
+    with pytest.raises(UndeclaredEntityError):
+        world.send(PingPong.post("x", ents.Pong()))
