@@ -138,3 +138,36 @@ class Hooked(Entity[str, Poke, int]):
 
 
 class App(Ecosystem[Counter | PingPong | Recorder | Fanout | Forwarder | Picky | Hooked]): ...
+
+
+@attrs.frozen
+class Nest:
+    inner: Nest | None = None
+
+
+def nest_depth(nest: Nest | None) -> int:
+    depth = 0
+    while nest is not None:
+        depth, nest = depth + 1, nest.inner
+    return depth
+
+
+class Nester(Entity[str, Nest, int]):
+    """Remembers how deeply nested the last message was."""
+
+    def init(self, entity_id: str) -> int:
+        return 0
+
+    def activate(self, message: Nest, state: int) -> tuple[Outbox, int]:
+        return [], nest_depth(message)
+
+
+class OddIds(Entity[str, Increment, int]):
+    def init(self, entity_id: str) -> int:
+        return 0
+
+    def activate(self, message: Increment, state: int) -> tuple[Outbox, int]:
+        return [], state + message.by
+
+
+class OddApp(Ecosystem[OddIds | Nester]): ...
