@@ -87,6 +87,9 @@ class Codec:
         converter.register_structure_hook_func(_is_address, self._structure_address)
         converter.register_unstructure_hook_factory(_is_union, self._union_unstructure_hook)
         converter.register_structure_hook_func(_is_union, self._structure_union)
+        # A field annotated ``object`` holds what ``Any`` would: cattrs has no hooks for it.
+        converter.register_unstructure_hook_func(lambda tp: tp is object, self._unstructure_object)
+        converter.register_structure_hook_func(lambda tp: tp is object, lambda value, _: value)
         self._union_members: dict[object, tuple[Any, ...]] = {}
         for spec in declaration.specs:
             for role, tp in (("id", spec.id_type), ("message", spec.message_type), ("state", spec.state_type)):
@@ -185,6 +188,12 @@ class Codec:
         spec = self._spec_of_kind(kind)
         return make_address(spec.cls, self.converter.structure(raw_id, spec.id_type))
 
+    def _unstructure_object(self, value: Any) -> Any:
+        cls = type(value)
+        if cls is object:
+            raise CodecError("a bare object() cannot be stored")
+        return self.converter.unstructure(value, cls)
+
     def _union_unstructure_hook(self, tp: Any) -> Callable[[Any], Any]:
         unstructure = self.converter.unstructure
 
@@ -251,7 +260,7 @@ class Codec:
         try:
             return _dumps(self.converter.unstructure(entity_id, spec.id_type))
         except Exception as exc:
-            raise CodecError(f"cannot store the id {entity_id!r} of {spec.kind}: {exc}") from exc
+            raise CodecError(f"cannot store the id {_show(entity_id)} of {spec.kind}: {_why(exc)}") from exc
 
     def decode_id(self, spec: EntitySpec, data: bytes) -> object:
         try:
@@ -263,7 +272,7 @@ class Codec:
         try:
             return _dumps({"v": spec.state_version, "s": self.converter.unstructure(state, spec.state_type)})
         except Exception as exc:
-            raise CodecError(f"cannot store the state {state!r} of {spec.kind}: {exc}") from exc
+            raise CodecError(f"cannot store the state {_show(state)} of {spec.kind}: {_why(exc)}") from exc
 
     def unstructure_state(self, spec: EntitySpec, state: object) -> Any:
         return self.converter.unstructure(state, spec.state_type)
@@ -317,7 +326,7 @@ class Codec:
                 "m": self.converter.unstructure(envelope.message, spec.message_type),
             })
         except Exception as exc:
-            raise CodecError(f"cannot store the message {envelope!r}: {exc}") from exc
+            raise CodecError(f"cannot store the message {_show(envelope)}: {_why(exc)}") from exc
 
     def decode_message(self, data: bytes) -> Envelope[Any, Any]:
         try:
@@ -341,6 +350,21 @@ class Codec:
 
     def decode(self, data: bytes) -> Any:
         return _loads(data)
+
+
+def _show(value: object) -> str:
+    """A short repr for error messages; deeply nested values would overflow ``repr`` itself."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        return f"<a {type(value).__qualname__} nested too deeply to show>"
+    return text if len(text) <= 300 else text[:300] + "..."
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "it is nested too deeply to store (Python's recursion limit); flatten it"
+    return str(exc)
 
 
 def _name(tp: object) -> str:

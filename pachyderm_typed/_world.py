@@ -28,12 +28,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 import attrs
+from typing_extensions import Self
 
 from pachyderm_typed._address import Address, Envelope
 from pachyderm_typed._ecosystem import AnyEntity, Declaration, Ecosystem, EntitySpec
 from pachyderm_typed._kernel import Kernel, activating, forbid_inside_activation
 from pachyderm_typed._subscription import Subscription
-from pachyderm_typed.errors import ActivationError, ClosedError, PachydermError
+from pachyderm_typed.errors import ActivationError, ClosedError, PachydermError, StorageError
 
 logger = logging.getLogger("pachyderm_typed")
 
@@ -100,6 +101,18 @@ class AsyncWaiter(Waiter):
             pass
 
 
+def _unloadable(address: Address[Any, Any, Any], message: object, exc: StorageError) -> ActivationError:
+    error = ActivationError(address, message, None, (), f"its stored state cannot be used: {exc}")
+    error.__cause__ = exc
+    return error
+
+
+def _set_all_done(futures: list[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(None)
+
+
 def _set_done(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -145,6 +158,8 @@ class World(Generic[E]):
         self._kernel = Kernel(self._declaration)
         self._queue: deque[Item] = deque()
         self._run_lock = threading.Lock()
+        self._leader = threading.Condition(threading.Lock())
+        self._leading = False  # an inline caller is draining; the others wait on _leader
         self._states: dict[Address[Any, Any, Any], object] = {}
         self._followers: dict[Address[Any, Any, Any], list[Subscription[Any]]] = {}
         self._history: deque[tuple[Address[Any, Any, Any], object]] = deque(maxlen=max(history, 0))
@@ -249,7 +264,7 @@ class World(Generic[E]):
                 assert item.waiter is not None
                 item.waiter.fail(ClosedError(f"{self!r} was closed before {item.envelope!r} was processed"))
 
-    def __enter__(self) -> World[E]:
+    def __enter__(self) -> Self:  # `with LocalDisk(...) as world` keeps LocalDisk's own API
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -294,18 +309,45 @@ class World(Generic[E]):
     def _run_until(self, item: Item) -> None:
         waiter = item.waiter
         assert waiter is not None
-        with self._run_lock:
-            while not waiter.done:
-                if self._closed:
-                    waiter.fail(ClosedError(f"{self!r} was closed before {item.envelope!r} was processed"))
+        if not self._leading and self._run_lock.acquire(blocking=False):
+            try:  # uncontended: nobody to share a commit with, skip the leader protocol
+                self._drain_until(item)
+            finally:
+                self._run_lock.release()
+        leader = self._leader
+        while not waiter.done:
+            # Group commit: while one caller drains (its batch takes every caller's message
+            # already queued), the others sleep here rather than queue on the run lock one
+            # by one, and all wake together when its commit is done.
+            with leader:
+                while self._leading and not waiter.done:
+                    leader.wait()
+                if waiter.done:
                     break
-                self._drain(item)
+                self._leading = True
+            try:
+                with self._run_lock:
+                    self._drain_until(item)
+            finally:
+                with leader:
+                    self._leading = False
+                    leader.notify_all()
         if not waiter.raises and isinstance(waiter.error, PachydermError) and not isinstance(
             waiter.error, ActivationError
         ):
             raise waiter.error
         if self._queue:
             self._kick()
+
+    def _drain_until(self, item: Item) -> None:
+        """Under the run lock: process batches until ``item`` is done (or the world closes)."""
+        waiter = item.waiter
+        assert waiter is not None
+        while not waiter.done:
+            if self._closed:
+                waiter.fail(ClosedError(f"{self!r} was closed before {item.envelope!r} was processed"))
+                break
+            self._drain(item)
 
     def _kick(self) -> None:
         if self._worker is None:
@@ -315,7 +357,8 @@ class World(Generic[E]):
                         target=self._work, name=f"pachyderm-{self._declaration.name}", daemon=True
                     )
                     self._worker.start()
-        self._wake.set()
+        if not self._wake.is_set():  # the worker clears it before it looks at the queue
+            self._wake.set()
 
     def _work(self) -> None:
         while not self._closed:
@@ -329,6 +372,8 @@ class World(Generic[E]):
                         self._drain(None)
                     except Exception:  # a store failure: reported to the waiters, logged here
                         logger.exception("pachyderm-typed: a batch failed to commit")
+                with self._leader:
+                    self._leader.notify_all()  # inline callers whose messages this batch took
 
     def _drain(self, target: Item | None) -> None:
         """Under the run lock: process one batch, commit it, then publish it.
@@ -360,7 +405,15 @@ class World(Generic[E]):
                 spec = by_class[address.entity]
                 state = states.get(address, MISSING)
                 if state is MISSING:
-                    state = self._load(spec, address)
+                    try:
+                        state = self._load(spec, address)
+                    except StorageError as exc:
+                        # An unreadable stored state (corrupt, from newer code) fails this
+                        # message alone; the record stays untouched.
+                        failed.append((item, _unloadable(address, envelope.message, exc)))
+                        if item is target:
+                            reached = True
+                        continue
                 history.append((address, envelope.message))
                 try:
                     outbox, new_state = kernel.activate(spec, address, envelope.message, state, recent)
@@ -390,9 +443,17 @@ class World(Generic[E]):
 
     def _publish(self, batch: Batch, dead: list[tuple[Item, ActivationError]]) -> None:
         followers = self._followers
+        # One cross-thread wake-up per event loop per batch, not one per awaiting task.
+        wakes: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         for item, new_state in batch.done:
-            if item.waiter is not None:
-                item.waiter.resolve(new_state)
+            waiter = item.waiter
+            if waiter is not None:
+                if type(waiter) is AsyncWaiter:
+                    waiter.result = new_state
+                    waiter.done = True
+                    wakes.setdefault(waiter.loop, []).append(waiter.future)
+                else:
+                    waiter.resolve(new_state)
             if followers:
                 subscriptions = followers.get(item.envelope.address)
                 if subscriptions:
@@ -403,6 +464,11 @@ class World(Generic[E]):
                 item.waiter.fail(error)
         for item, error in dead:
             logger.warning("pachyderm-typed: dead letter %r: %s", item.envelope, error.reason)
+        for loop, futures in wakes.items():
+            try:
+                loop.call_soon_threadsafe(_set_all_done, futures)
+            except RuntimeError:  # that loop is closed; nobody is waiting any more
+                pass
 
     def _state_of(self, spec: EntitySpec, address: Address[Any, Any, Any]) -> Any:
         state = self._states.get(address, MISSING)

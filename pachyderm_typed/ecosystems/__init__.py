@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from pachyderm_typed.ecosystems._inmemory import InMemory
+from pachyderm_typed.ecosystems._localdisk import LocalDisk
 
-__all__ = ["InMemory"]
+__all__ = ["InMemory", "LocalDisk"]

@@ -1,0 +1,349 @@
+"""LocalDisk: durable activations per second, send_sync latency, and scale, with ratios to anchors.
+
+Anchors, measured in the same run on the same disk, with the same SQLite settings
+(WAL, synchronous=FULL, exclusive locking) and the same table:
+
+  * raw batched commits: REPLACE the very bytes LocalDisk writes for a counter
+    activation (its key and encoded state), B rows per fsync'd transaction. With N
+    concurrent senders each waiting for its own commit, a commit can hold at most
+    N activations, so B = N is the limit; B = the batch size LocalDisk achieved is
+    shown too (the cost of the library over SQLite for the same commits);
+  * one raw commit: one such row per fsync'd transaction (the latency limit).
+
+Scale: a file with N entities is written (records encoded by the codec, written in
+bulk), then a fresh process opens it, sends to random entities, and reports its
+resident memory and send_sync latency, against the same at 1,000 entities.
+
+Run: .venv/bin/python bench/bench_localdisk.py [--seconds S] [--million]
+     (--million: the scale run with 1,000,000 entities; the default uses 100,000)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from pachyderm_typed import Ecosystem, Entity, Outbox
+from pachyderm_typed._codec import Codec
+from pachyderm_typed._dbmfile import DbmFile, state_key
+from pachyderm_typed._world import Batch, Item
+from pachyderm_typed.ecosystems import LocalDisk
+from pachyderm_typed.errors import ActivationError
+
+
+@attrs.frozen
+class Increment:
+    by: int = 1
+
+
+class Counter(Entity[str, Increment, int]):
+    def init(self, entity_id: str) -> int:
+        return 0
+
+    def activate(self, message: Increment, state: int) -> tuple[Outbox, int]:
+        return [], state + message.by
+
+
+class Bench(Ecosystem[Counter]): ...
+
+
+class CountingDisk(LocalDisk[Counter]):
+    """Counts commits, to report the batch size group commit achieved."""
+
+    commits = 0
+
+    def _commit(self, batch: Batch, dead: list[tuple[Item, ActivationError]]) -> None:
+        super()._commit(batch, dead)
+        self.commits += 1
+
+
+def fresh(directory: Path, name: str) -> Path:
+    path = directory / name
+    for suffix in ("", "-wal", "-shm", ".lock"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return path
+
+
+def encoded_rows(count: int) -> list[tuple[bytes, bytes]]:
+    """What LocalDisk writes for ``count`` counter activations: key and encoded state."""
+    codec = Codec(_declaration())
+    spec = codec.declaration.specs[0]
+    return [
+        (state_key(spec.kind, codec.encode_id(spec, f"sender-{n % 64}")), codec.encode_state(spec, 1000 + n))
+        for n in range(count)
+    ]
+
+
+def _declaration() -> Any:
+    from pachyderm_typed._ecosystem import Declaration
+
+    return Declaration(Bench)
+
+
+# -- anchors ------------------------------------------------------------------------------
+
+
+def raw_connection(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("CREATE TABLE IF NOT EXISTS Dict (key BLOB UNIQUE NOT NULL, value BLOB NOT NULL)")
+    return conn
+
+
+def raw_batched(directory: Path, batch: int, seconds: float) -> float:
+    """Rows per second, committing ``batch`` rows per fsync'd transaction."""
+    conn = raw_connection(fresh(directory, f"raw-{batch}.db"))
+    rows = encoded_rows(4096)
+    done = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        chunk = [rows[(done + i) % len(rows)] for i in range(batch)]
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany("REPLACE INTO Dict (key, value) VALUES (?, ?)", chunk)
+        conn.execute("COMMIT")
+        done += batch
+    rate = done / (time.perf_counter() - start)
+    conn.close()
+    return rate
+
+
+def raw_commit_latency(directory: Path, calls: int) -> list[float]:
+    conn = raw_connection(fresh(directory, "raw-latency.db"))
+    rows = encoded_rows(calls)
+    times = []
+    for key, value in rows:
+        start = time.perf_counter()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("REPLACE INTO Dict (key, value) VALUES (?, ?)", (key, value))
+        conn.execute("COMMIT")
+        times.append(time.perf_counter() - start)
+    conn.close()
+    return times
+
+
+# -- LocalDisk ----------------------------------------------------------------------------
+
+
+def threads_rate(directory: Path, senders: int, seconds: float) -> tuple[float, float]:
+    """(activations/s, mean activations per commit) with ``senders`` threads calling send_sync."""
+    world = CountingDisk(Bench, fresh(directory, f"threads-{senders}.db"))
+    counts = [0] * senders
+    stop = time.perf_counter() + seconds
+    barrier = threading.Barrier(senders + 1)
+
+    def run(slot: int) -> None:
+        envelope = Counter.post(f"sender-{slot}", Increment())
+        barrier.wait()
+        done = 0
+        while time.perf_counter() < stop:
+            world.send_sync(envelope)
+            done += 1
+        counts[slot] = done
+
+    threads = [threading.Thread(target=run, args=(slot,)) for slot in range(senders)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    world.close()
+    total = sum(counts)
+    return total / elapsed, total / max(world.commits, 1)
+
+
+def tasks_rate(directory: Path, senders: int, seconds: float) -> tuple[float, float]:
+    """(activations/s, mean activations per commit) with ``senders`` asyncio tasks awaiting asend_sync."""
+    world = CountingDisk(Bench, fresh(directory, f"tasks-{senders}.db"))
+
+    async def main() -> tuple[int, float]:
+        await world.asend_sync(Counter.post("warm-up", Increment()))
+        world.commits = 0
+        stop = time.perf_counter() + seconds
+        done = [0]
+
+        async def sender(slot: int) -> None:
+            envelope = Counter.post(f"sender-{slot}", Increment())
+            while time.perf_counter() < stop:
+                await world.asend_sync(envelope)
+                done[0] += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(sender(slot) for slot in range(senders)))
+        return done[0], time.perf_counter() - start
+
+    total, elapsed = asyncio.run(main())
+    world.close()
+    return total / elapsed, total / max(world.commits, 1)
+
+
+def send_sync_latency(directory: Path, calls: int) -> list[float]:
+    world = LocalDisk(Bench, fresh(directory, "latency.db"))
+    envelope = Counter.post("solo", Increment())
+    for _ in range(50):
+        world.send_sync(envelope)
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        world.send_sync(envelope)
+        times.append(time.perf_counter() - start)
+    world.close()
+    return times
+
+
+# -- scale --------------------------------------------------------------------------------
+
+
+def populate(path: Path, entities: int) -> float:
+    """Write ``entities`` counter records exactly as LocalDisk stores them, in bulk transactions."""
+    start = time.perf_counter()
+    codec = Codec(_declaration())
+    spec = codec.declaration.specs[0]
+    db = DbmFile(fresh(path.parent, path.name))
+    step = 50_000
+    for low in range(0, entities, step):
+        db.write(
+            [(state_key(spec.kind, codec.encode_id(spec, f"entity-{n}")), codec.encode_state(spec, n))
+             for n in range(low, min(low + step, entities))],
+            (),
+        )
+    db.close()
+    return time.perf_counter() - start
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def scale_child(path: Path, entities: int, calls: int) -> dict[str, Any]:
+    """Run in a fresh process: open, send_sync to random entities, report memory and latency."""
+    rss_before = rss_kib()
+    rng = random.Random(1)
+    with LocalDisk(Bench, path) as world:
+        rss_open = rss_kib()
+        for _ in range(min(20_000, entities)):  # warm up past cache_size: eviction is in play
+            world.send_sync(Counter.post(f"entity-{rng.randrange(entities)}", Increment()))
+        times = []
+        for _ in range(calls):
+            envelope = Counter.post(f"entity-{rng.randrange(entities)}", Increment())
+            start = time.perf_counter()
+            world.send_sync(envelope)
+            times.append(time.perf_counter() - start)
+        cached = len(world._states)
+        rss_after = rss_kib()
+    return {
+        "entities": entities, "median_us": statistics.median(times) * 1e6,
+        "p99_us": statistics.quantiles(times, n=100)[98] * 1e6, "rss_before_kib": rss_before,
+        "rss_open_kib": rss_open, "rss_after_kib": rss_after, "cached": cached,
+        "file_mib": path.stat().st_size / 2**20,
+    }
+
+
+def scale(directory: Path, entities: int, calls: int) -> list[dict[str, Any]]:
+    results = []
+    for count in (1000, entities):
+        path = directory / f"scale-{count}.db"
+        took = populate(path, count)
+        out = subprocess.run(
+            [sys.executable, __file__, "--scale-child", str(path), str(count), str(calls)],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        result = json.loads(out)
+        result["populate_s"] = took
+        results.append(result)
+    return results
+
+
+# -- report -------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=2.0, help="duration of each throughput run")
+    parser.add_argument("--calls", type=int, default=2000, help="send_sync calls per latency run")
+    parser.add_argument("--million", action="store_true", help="scale run with 1,000,000 entities")
+    parser.add_argument("--entities", type=int, default=None, help="entities for the scale run")
+    parser.add_argument("--dir", type=Path, default=None, help="directory for the files (default: a temp dir)")
+    parser.add_argument("--scale-child", nargs=3, metavar=("PATH", "ENTITIES", "CALLS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.scale_child:
+        path, entities, calls = args.scale_child
+        print(json.dumps(scale_child(Path(path), int(entities), int(calls))))
+        return
+    entities = args.entities or (1_000_000 if args.million else 100_000)
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-localdisk-") as tmp:
+        directory = Path(tmp)
+        print(f"files in {directory} (Python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version})\n")
+
+        print("Durable activations per second (each sender waits for its own fsync'd commit)")
+        header = f"{'senders':<18} {'LocalDisk/s':>12} {'per commit':>10} {'raw B=N /s':>12} {'ratio':>6} {'raw B=same /s':>14} {'ratio':>6}"
+        print(header)
+        raw_cache: dict[int, float] = {}
+
+        def raw(batch: int) -> float:
+            if batch not in raw_cache:
+                raw_cache[batch] = raw_batched(directory, batch, args.seconds)
+            return raw_cache[batch]
+
+        for label, runner, senders in (
+            ("8 threads", threads_rate, 8),
+            ("16 threads", threads_rate, 16),
+            ("8 asyncio tasks", tasks_rate, 8),
+            ("64 asyncio tasks", tasks_rate, 64),
+        ):
+            rate, per_commit = runner(directory, senders, args.seconds)
+            limit = raw(senders)
+            same = raw(max(1, round(per_commit)))
+            print(
+                f"{label:<18} {rate:>12,.0f} {per_commit:>10.1f} {limit:>12,.0f} {rate / limit:>6.2f} "
+                f"{same:>14,.0f} {rate / same:>6.2f}"
+            )
+        print("target: ratio >= 0.5 against raw B=N\n")
+
+        ours = send_sync_latency(directory, args.calls)
+        anchor = raw_commit_latency(directory, args.calls)
+        print("Single-sender send_sync latency (microseconds)")
+        print(f"{'':<22} {'median':>8} {'p99':>8}")
+        for label, times in (("LocalDisk send_sync", ours), ("raw fsync'd commit", anchor)):
+            print(f"{label:<22} {statistics.median(times) * 1e6:>8.0f} {statistics.quantiles(times, n=100)[98] * 1e6:>8.0f}")
+        print(f"ratio (median): {statistics.median(ours) / statistics.median(anchor):.2f}   target: <= 2\n")
+
+        print(f"Scale: a fresh process, cache_size default, {args.calls} send_sync to random entities")
+        results = scale(directory, entities, args.calls)
+        print(f"{'entities':>10} {'file MiB':>9} {'RSS open MiB':>12} {'RSS after MiB':>13} {'cached':>7} {'median us':>10} {'p99 us':>8}")
+        for r in results:
+            print(
+                f"{r['entities']:>10,} {r['file_mib']:>9.1f} {r['rss_open_kib'] / 1024:>12.1f} "
+                f"{r['rss_after_kib'] / 1024:>13.1f} {r['cached']:>7,} {r['median_us']:>10.0f} {r['p99_us']:>8.0f}"
+            )
+        small, large = results
+        print(
+            f"latency ratio {large['entities']:,} / 1,000 entities (median): "
+            f"{large['median_us'] / small['median_us']:.2f}   target: <= 2"
+        )
+        print(f"(populating {large['entities']:,} records took {large['populate_s']:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()

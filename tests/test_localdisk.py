@@ -1,0 +1,491 @@
+"""LocalDisk in one process: the file format, bad input, versioned state, memory, dead letters, group commit.
+
+(The behaviour every ecosystem shares runs on LocalDisk too: see test_behaviour.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import stat
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from pachyderm_typed import (
+    ActivationError,
+    AlreadyOpenError,
+    CodecError,
+    DeclarationError,
+    Ecosystem,
+    Entity,
+    Outbox,
+    StorageError,
+    UpgradeError,
+)
+from pachyderm_typed.ecosystems import LocalDisk
+from pachyderm_typed.ecosystems._localdisk import _StateCache
+from pachyderm_typed._world import Batch, Item
+from tests.entities import App, Counter, Increment, Picky, Ping, PingPong, Unlock, Work
+from tests.helpers_localdisk.workload import Entry, Fan, Log, Spread
+from tests.helpers_localdisk.workload import Work as LogWork
+
+WAIT = 20.0
+
+
+def raw_rows(path: Path) -> dict[bytes, bytes]:
+    """Every record in a (closed) file, read with plain sqlite3."""
+    conn = sqlite3.connect(path)
+    try:
+        return {bytes(k): bytes(v) for k, v in conn.execute("SELECT key, value FROM Dict")}
+    finally:
+        conn.close()
+
+
+def raw_put(path: Path, key: bytes, value: bytes) -> None:
+    conn = sqlite3.connect(path)
+    try:
+        with conn:
+            conn.execute("REPLACE INTO Dict (key, value) VALUES (?, ?)", (key, value))
+    finally:
+        conn.close()
+
+
+def wait_for(condition: Any, what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+# -- the file --------------------------------------------------------------------------------
+
+
+def test_the_file_is_a_private_dbm_sqlite3_file(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    with LocalDisk(App, path) as world:
+        world.send_sync(Counter.post("c", Increment()))
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE((tmp_path / "app.db.lock").stat().st_mode) == 0o600
+    conn = sqlite3.connect(path)
+    try:
+        (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table'").fetchone()
+        assert " ".join(sql.split()) == "CREATE TABLE Dict (key BLOB UNIQUE NOT NULL, value BLOB NOT NULL)"
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        conn.close()
+    rows = raw_rows(path)
+    assert json.loads(rows[b"meta:format"]) == {"format": "pachyderm-typed/localdisk", "version": 1}
+    assert json.loads(rows[b'state:Counter\x00"c"']) == {"v": 1, "s": 1}
+
+
+def test_state_survives_close_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    with LocalDisk(App, path) as world:
+        assert world.send_sync(Counter.post("c", Increment(by=4))) == 4
+        world.send_sync(PingPong.post("bob", Ping(reply_to=PingPong.address("alice"))))
+    with LocalDisk(App, path) as world:
+        assert world.state(Counter.address("c")) == 4
+        wait_for(lambda: world.state(PingPong.address("alice")) == "ponged", "the pong")
+        assert world.state(PingPong.address("bob")) == "pinged"
+        with world.follow(Counter.address("c")) as updates:
+            assert updates.state == 4
+            world.send(Counter.post("c", Increment()))
+            assert updates.next(timeout=WAIT) == 5
+
+
+def test_a_second_open_in_the_same_process_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    first = LocalDisk(App, path)
+    first.send_sync(Counter.post("c", Increment()))
+    with pytest.raises(AlreadyOpenError, match=rf"{path} is already open in this process"):
+        LocalDisk(App, str(path))
+    assert first.send_sync(Counter.post("c", Increment())) == 2  # the first one is unharmed
+    first.close()
+    with LocalDisk(App, path) as again:
+        assert again.state(Counter.address("c")) == 2
+
+
+def test_an_unstorable_declaration_fails_before_the_file_is_created(tmp_path: Path) -> None:
+    path = tmp_path / "never.db"
+    with pytest.raises(DeclarationError, match="Opaque cannot be stored"):
+        LocalDisk(Ecosystem[Opaque], path)
+    assert not path.exists()
+    with pytest.raises(ValueError, match="cache_size"):
+        LocalDisk(App, path, cache_size=0)
+
+
+class Handle:  # not attrs: the codec cannot store it
+    pass
+
+
+class Opaque(Entity[str, Increment, Handle | None]):
+    def activate(self, message: Increment, state: Handle | None) -> tuple[Outbox, Handle | None]:
+        return [], Handle()
+
+
+# -- bad files: a clear error, nothing overwritten ------------------------------------------
+
+
+def _assert_refused(path: Path, match: str, app: Any = App) -> None:
+    before = path.read_bytes()
+    with pytest.raises(StorageError, match=match):
+        LocalDisk(app, path)
+    assert path.read_bytes() == before
+    assert not Path(f"{path}-wal").exists() or Path(f"{path}-wal").stat().st_size == 0
+
+
+def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("my precious notes\n" * 100)
+    _assert_refused(path, r"notes.txt is not a LocalDisk file \(not an SQLite database\)")
+
+
+def test_a_database_with_a_damaged_header_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    with LocalDisk(App, path) as world:
+        world.send_sync(Counter.post("c", Increment()))
+    data = bytearray(path.read_bytes())
+    data[0:16] = b"garbage garbage!"
+    path.write_bytes(bytes(data))
+    _assert_refused(path, "not an SQLite database")
+
+
+def test_a_truncated_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    with LocalDisk(App, path) as world:
+        for n in range(300):
+            world.send(Counter.post(f"counter-{n}" * 5, Increment()))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    _assert_refused(path, "is truncated")
+
+
+def test_a_damaged_page_is_reported_when_read(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    with LocalDisk(App, path) as world:
+        for n in range(300):
+            world.send(Counter.post(f"counter-{n}" * 5, Increment()))
+    data = bytearray(path.read_bytes())
+    page = 4096
+    for offset in range(page, len(data), page):  # scribble over every page but the first
+        data[offset + 8: offset + 64] = b"\xff" * 56
+    path.write_bytes(bytes(data))
+    before = path.read_bytes()
+    with pytest.raises(StorageError, match="damaged|malformed|corrupt"):
+        with LocalDisk(App, path) as world:
+            world.state(Counter.address("counter-7" * 5))
+    assert path.read_bytes() == before
+
+
+def test_other_sqlite_databases_and_foreign_dbm_files_are_refused(tmp_path: Path) -> None:
+    other = tmp_path / "other.db"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE users (name TEXT)")
+    conn.commit()
+    conn.close()
+    _assert_refused(other, "not a LocalDisk \\(dbm\\) file: it has tables \\['users'\\]")
+
+    foreign = tmp_path / "foreign.db"
+    conn = sqlite3.connect(foreign)
+    conn.execute("CREATE TABLE Dict (key BLOB UNIQUE NOT NULL, value BLOB NOT NULL)")
+    conn.execute("INSERT INTO Dict VALUES (CAST('hello' AS BLOB), CAST('world' AS BLOB))")
+    conn.commit()
+    conn.close()
+    _assert_refused(foreign, "a dbm file that pachyderm-typed did not write")
+
+
+def test_a_file_from_a_newer_format_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    LocalDisk(App, path).close()
+    raw_put(path, b"meta:format", b'{"format": "pachyderm-typed/localdisk", "version": 99}')
+    _assert_refused(path, "format version 99, newer than this pachyderm-typed understands")
+
+
+def test_a_pending_message_of_an_unknown_kind_is_refused_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "ghost.db"
+    LocalDisk(App, path).close()
+    raw_put(path, b"pending:00000000000000000001", b'{"kind":"Ghost","id":"g","m":{}}')
+    _assert_refused(path, r"pending message pending:00000000000000000001 .*'Ghost', which App does not declare")
+
+
+def test_a_corrupt_state_record_is_an_error_for_that_entity_only(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    with LocalDisk(App, path) as world:
+        world.send_sync(Counter.post("ok", Increment()))
+    key = b'state:Counter\x00"bad"'
+    raw_put(path, key, b"{not json")
+    with LocalDisk(App, path) as world:
+        with pytest.raises(CodecError, match=r"stored state of Counter\('bad'\) in .* is corrupt"):
+            world.state(Counter.address("bad"))
+        with pytest.raises(ActivationError, match="its stored state cannot be used") as caught:
+            world.send_sync(Counter.post("bad", Increment()))
+        assert isinstance(caught.value.__cause__, CodecError)
+        assert world.send_sync(Counter.post("ok", Increment())) == 2
+    assert raw_rows(path)[key] == b"{not json"
+
+
+# -- versioned state -------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Bump:
+    pass
+
+
+class CounterV1(Entity[str, Bump, int]):
+    kind = "Versioned"
+
+    def init(self, entity_id: str) -> int:
+        return 0
+
+    def activate(self, message: Bump, state: int) -> tuple[Outbox, int]:
+        return [], state + 1
+
+
+@attrs.frozen
+class CountV2:
+    count: int
+
+
+class CounterV2(Entity[str, Bump, CountV2]):
+    kind = "Versioned"
+    state_version = 2
+    upgrades = {1: lambda n: {"count": n}}
+
+    def init(self, entity_id: str) -> CountV2:
+        return CountV2(0)
+
+    def activate(self, message: Bump, state: CountV2) -> tuple[Outbox, CountV2]:
+        return [], CountV2(state.count + 1)
+
+
+@attrs.frozen
+class CountV3:
+    total: int
+    note: str
+
+
+class CounterV3(Entity[str, Bump, CountV3]):
+    kind = "Versioned"
+    state_version = 3
+    upgrades = {
+        1: lambda n: {"count": n},
+        2: lambda data: {"total": data["count"], "note": "upgraded from v2"},
+    }
+
+    def init(self, entity_id: str) -> CountV3:
+        return CountV3(0, "new")
+
+    def activate(self, message: Bump, state: CountV3) -> tuple[Outbox, CountV3]:
+        return [], attrs.evolve(state, total=state.total + 1)
+
+
+def _version_of(path: Path, entity_id: str) -> Any:
+    return json.loads(raw_rows(path)[b'state:Versioned\x00"' + entity_id.encode() + b'"'])
+
+
+def test_an_upgrade_chain_v1_v2_v3_applies_to_records_written_by_v1_code(tmp_path: Path) -> None:
+    path = tmp_path / "versions.db"
+    with LocalDisk(Ecosystem[CounterV1], path) as v1:
+        for _ in range(3):
+            v1.send_sync(CounterV1.post("old", Bump()))
+        v1.send_sync(CounterV1.post("older", Bump()))
+    with LocalDisk(Ecosystem[CounterV2], path) as v2:
+        assert v2.send_sync(CounterV2.post("mid", Bump())) == CountV2(1)  # a v2 record
+    assert _version_of(path, "old") == {"v": 1, "s": 3}
+    with LocalDisk(Ecosystem[CounterV3], path) as v3:
+        assert v3.state(CounterV3.address("old")) == CountV3(3, "upgraded from v2")
+        assert v3.state(CounterV3.address("mid")) == CountV3(1, "upgraded from v2")
+        assert v3.send_sync(CounterV3.post("old", Bump())) == CountV3(4, "upgraded from v2")
+    assert _version_of(path, "old") == {"v": 3, "s": {"total": 4, "note": "upgraded from v2"}}
+    assert _version_of(path, "older") == {"v": 1, "s": 1}  # untouched until it is committed again
+    assert _version_of(path, "mid") == {"v": 2, "s": {"count": 1}}
+
+
+def test_a_record_from_newer_code_is_a_clear_error_and_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "versions.db"
+    with LocalDisk(Ecosystem[CounterV3], path) as v3:
+        v3.send_sync(CounterV3.post("new", Bump()))
+    before = raw_rows(path)
+    with LocalDisk(Ecosystem[CounterV1], path) as v1:
+        with pytest.raises(UpgradeError, match=r"state_version 3, but this code knows CounterV1 only up to version 1"):
+            v1.state(CounterV1.address("new"))
+        with pytest.raises(ActivationError) as caught:
+            v1.send_sync(CounterV1.post("new", Bump()))
+        assert isinstance(caught.value.__cause__, UpgradeError)
+        v1.send(CounterV1.post("new", Bump()))  # nobody waits: it becomes a dead letter, retryable later
+        (letter,) = v1.dead_letters()
+        assert "newer code" in letter.reason
+    assert raw_rows(path)[b'state:Versioned\x00"new"'] == before[b'state:Versioned\x00"new"']
+    with LocalDisk(Ecosystem[CounterV3], path) as v3:  # the newer code takes the message back
+        v3.retry(v3.dead_letters()[0])
+        assert v3.state(CounterV3.address("new")) == CountV3(2, "new")
+
+
+class RenamedCounter(Entity[str, Bump, int]):
+    kind = "Versioned"  # the stored name stays when the class is renamed
+
+    def init(self, entity_id: str) -> int:
+        return 0
+
+    def activate(self, message: Bump, state: int) -> tuple[Outbox, int]:
+        return [], state + 10
+
+
+def test_an_explicit_kind_keeps_data_across_a_class_rename(tmp_path: Path) -> None:
+    path = tmp_path / "rename.db"
+    with LocalDisk(Ecosystem[CounterV1], path) as before:
+        before.send_sync(CounterV1.post("x", Bump()))
+    with LocalDisk(Ecosystem[RenamedCounter], path) as after:
+        assert after.send_sync(RenamedCounter.post("x", Bump())) == 11
+
+
+# -- what activations return must be storable -----------------------------------------------
+
+
+@attrs.frozen
+class Holder:
+    value: object
+
+
+@attrs.frozen
+class Keep:
+    value: object
+
+
+class Keeper(Entity[str, Keep, Holder | None]):
+    def activate(self, message: Keep, state: Holder | None) -> tuple[Outbox, Holder | None]:
+        return [], Holder(Handle() if message.value == "handle" else message.value)
+
+
+def test_an_unstorable_message_is_rejected_at_send_and_an_unstorable_state_fails_its_activation(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "keep.db"
+    with LocalDisk(Ecosystem[Keeper], path) as world:
+        assert world.send_sync(Keeper.post("k", Keep(1))) == Holder(1)
+        with pytest.raises(CodecError, match="cannot store the message"):
+            world.send(Keeper.post("k", Keep(Handle())))
+        assert world.dead_letters() == []
+        # A new state (and each message an activation sends) is checked as it is returned.
+        with pytest.raises(ActivationError, match="what it returned cannot be stored"):
+            world.send_sync(Keeper.post("k", Keep("handle")))
+        assert world.state(Keeper.address("k")) == Holder(1)
+    with LocalDisk(Ecosystem[Keeper], path) as world:
+        assert world.state(Keeper.address("k")) == Holder(1)
+
+
+# -- bounded memory --------------------------------------------------------------------------
+
+
+def test_idle_entities_are_evicted_and_reload_transparently(tmp_path: Path) -> None:
+    with LocalDisk(App, tmp_path / "many.db", cache_size=10) as world:
+        for round_no in range(1, 4):
+            for n in range(200):
+                assert world.send_sync(Counter.post(f"c{n}", Increment())) == round_no
+            assert isinstance(world._states, _StateCache)
+            assert len(world._states) <= 10
+        assert [world.state(Counter.address(f"c{n}")) for n in range(200)] == [3] * 200
+
+
+def test_a_batch_larger_than_the_cache_never_loses_an_update(tmp_path: Path) -> None:
+    with LocalDisk(LogWork, tmp_path / "fan.db", cache_size=2) as world:
+        world.send_sync(Fan.post("f", Spread("l", 400)))
+        wait_for(lambda: len(world.state(Log.address("l"))) == 400, "the fan-out")
+        assert world.state(Log.address("l")) == tuple(range(400))
+
+
+# -- dead letters ----------------------------------------------------------------------------
+
+
+def test_dead_letters_are_persisted_and_retryable_after_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "dead.db"
+    with LocalDisk(App, path) as world:
+        world.send(Picky.post("p", Work(5)))
+        world.send(Picky.post("p", Work(6)))
+        assert [letter.envelope.message for letter in world.dead_letters()] == [Work(5), Work(6)]
+    with LocalDisk(App, path) as world:
+        first, second = world.dead_letters()
+        assert "gate closed, cannot take 5" in first.reason
+        world.send_sync(Picky.post("p", Unlock()))
+        world.retry(first)
+        world.discard(second)
+        assert world.dead_letters() == []
+        with pytest.raises(LookupError):
+            world.retry(first)
+    with LocalDisk(App, path) as world:
+        assert world.dead_letters() == []
+        assert world.state(Picky.address("p")).total == 5
+
+
+# -- group commit ----------------------------------------------------------------------------
+
+
+class CountingDisk(LocalDisk[Any]):
+    """Counts commits: how many transactions the waiting callers shared."""
+
+    commits = 0
+
+    def _commit(self, batch: Batch, dead: list[tuple[Item, ActivationError]]) -> None:
+        super()._commit(batch, dead)
+        self.commits += 1
+
+
+def test_concurrent_threads_share_one_commit(tmp_path: Path) -> None:
+    with CountingDisk(App, tmp_path / "group.db") as world:
+        results: list[int] = []
+        with world._run_lock:  # hold the engine while all callers queue up
+            threads = [
+                threading.Thread(target=lambda n=n: results.append(world.send_sync(Counter.post(f"t{n}", Increment()))))
+                for n in range(8)
+            ]
+            for thread in threads:
+                thread.start()
+            wait_for(lambda: len(world._queue) == 8, "eight queued callers")
+        for thread in threads:
+            thread.join()
+        assert results == [1] * 8
+        assert world.commits == 1
+
+
+def test_concurrent_asyncio_tasks_share_one_commit(tmp_path: Path) -> None:
+    with CountingDisk(App, tmp_path / "group.db") as world:
+
+        async def main() -> list[int]:
+            await world.asend_sync(Counter.post("warm-up", Increment()))  # starts the worker
+            world.commits = 0
+            world._run_lock.acquire()  # hold the engine while all tasks queue up
+            tasks = [asyncio.ensure_future(world.asend_sync(Counter.post(f"a{n}", Increment()))) for n in range(16)]
+            while len(world._queue) < 16:
+                await asyncio.sleep(0.001)
+            world._run_lock.release()
+            return await asyncio.gather(*tasks)
+
+        assert asyncio.run(main()) == [1] * 16
+        assert world.commits == 1
+
+
+# -- a failed commit --------------------------------------------------------------------------
+
+
+def test_a_failed_commit_changes_nothing_and_work_resumes(tmp_path: Path) -> None:
+    path = tmp_path / "ro.db"
+    with LocalDisk(LogWork, path) as world:
+        world.send_sync(Log.post("l", Entry(1)))
+        world._file.conn.execute("PRAGMA query_only = 1")  # SQLite now refuses every write
+        with pytest.raises(StorageError, match="committing failed"):
+            world.send_sync(Log.post("l", Entry(2)))
+        with pytest.raises(StorageError):
+            world.send(Fan.post("f", Spread("l", 3)))
+        world._file.conn.execute("PRAGMA query_only = 0")
+        assert world.state(Log.address("l")) == (1,)
+        world.send_sync(Fan.post("f", Spread("l", 3)))
+        wait_for(lambda: len(world.state(Log.address("l"))) == 4, "the fan-out")
+        assert world.state(Log.address("l")) == (1, 0, 1, 2)
