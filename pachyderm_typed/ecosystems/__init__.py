@@ -4,5 +4,6 @@ from __future__ import annotations
 
 from pachyderm_typed.ecosystems._inmemory import InMemory
 from pachyderm_typed.ecosystems._localdisk import LocalDisk
+from pachyderm_typed.simulation import Simulation
 
-__all__ = ["InMemory", "LocalDisk"]
+__all__ = ["InMemory", "LocalDisk", "Simulation"]
