@@ -44,6 +44,18 @@ class AlreadyOpenError(StorageError):
     """Another ecosystem (in this process or another) holds the store."""
 
 
+class DatabaseUnavailableError(StorageError):
+    """PostgreSQL cannot be reached, or the connection broke during the call.
+
+    ``applied`` is False when nothing was applied (retrying is safe), and None
+    when the connection broke while committing, so the outcome is unknown.
+    """
+
+    def __init__(self, message: str, applied: bool | None = False) -> None:
+        super().__init__(message)
+        self.applied = applied
+
+
 class UpgradeError(StorageError):
     """A stored state cannot be brought to the entity's current ``state_version``."""
 

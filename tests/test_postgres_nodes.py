@@ -1,0 +1,40 @@
+"""Three node processes run one ecosystem: they share the work, and a follower on another
+node (this test process, which runs no workers) sees every state they commit, in order."""
+
+from __future__ import annotations
+
+from pachyderm_typed.ecosystems import Postgres
+from tests.helpers_postgres.app import Log, NodesApp, Spawner, Spread, Tally, Worker
+from tests.helpers_postgres.support import DSN, Node, namespace, requires_postgres
+
+__all__ = ["namespace"]  # the fixture
+
+pytestmark = requires_postgres
+
+JOBS = 150
+RECORDS = 100
+
+
+def test_three_nodes_share_work_and_a_follower_elsewhere_sees_every_state(namespace: str) -> None:
+    with Postgres(NodesApp, DSN, namespace=namespace, workers=0) as here:
+        # Small batches and slow jobs, so that one node cannot take everything at once.
+        nodes = [Node(namespace, f"n{i}", "--workers", "1", "--batch-entities", "4") for i in range(3)]
+        try:
+            for node in nodes:
+                node.wait_for("ready")
+            with here.follow(Tally.address("tally")) as tally, here.follow(Log.address("log")) as log:
+                assert tally.state == 0 and log.state == ()
+                here.send(Spawner.post("spawner", Spread(workers=JOBS, records=RECORDS, slow_ms=3)))
+                # Every state exactly once and in commit order, whichever node committed it.
+                assert [tally.next(timeout=30) for _ in range(JOBS)] == list(range(1, JOBS + 1))
+                logged = [log.next(timeout=30) for _ in range(RECORDS)]
+                assert [len(state) for state in logged] == list(range(1, RECORDS + 1))
+                assert logged[-1] == tuple(range(RECORDS))  # FIFO from the spawner, across nodes
+            shares = [node.close() for node in nodes]
+        finally:
+            for node in nodes:
+                node.kill_if_running()
+        assert here.processed == 1  # only the spawner's message: the nodes did the rest
+        assert sum(shares) == JOBS * 2 + RECORDS
+        assert all(share > 0 for share in shares), f"work was not shared: {shares}"
+        assert all(here.state(Worker.address(f"w{i}")) == 1 for i in range(JOBS))
