@@ -1,19 +1,25 @@
-"""Fixtures: a fresh, isolated world per test, on every ecosystem that is available here."""
+"""Fixtures: a fresh, isolated world per test, on every ecosystem that is available here.
+
+Built on the library's own testing helper (``pachyderm_typed.testing``), which users
+get too.
+"""
 
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pachyderm_typed import World
-from pachyderm_typed.ecosystems import InMemory
+pytest_plugins = ["pachyderm_typed.testing"]
+pytest.register_assert_rewrite("pachyderm_typed.testing")  # imported below, before pytest loads it as a plugin
 
-PG_DSN = os.environ.get("PACHYDERM_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+from pachyderm_typed import World  # noqa: E402
+from pachyderm_typed.testing import DEFAULT_DSN, WorldFactory  # noqa: E402
+
+PG_DSN = os.environ.get("PACHYDERM_TEST_DSN", DEFAULT_DSN)
 
 MakeWorld = Callable[..., World[Any]]
 
@@ -26,52 +32,20 @@ def _postgres_reason() -> str | None:
     try:
         with psycopg.connect(PG_DSN, connect_timeout=3):
             pass
-    except Exception as exc:  # noqa: BLE001 - any failure means "no server to test against"
+    except Exception as exc:  # any failure means "no server to test against"
         return f"cannot connect to {PG_DSN}: {exc}"
     return None
 
 
 @pytest.fixture(params=["inmemory", "localdisk", "postgres"])
-def make_world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeWorld]:
+def make_world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[WorldFactory]:
     """``make_world(App, **options)`` opens a world on the parametrised ecosystem."""
-    opened: list[World[Any]] = []
-    cleanups: list[Callable[[], None]] = []
-    kind = request.param
-
-    if kind == "inmemory":
-        def make(app: Any, **options: Any) -> World[Any]:
-            return InMemory(app, **options)
-    elif kind == "localdisk":
-        try:
-            from pachyderm_typed.ecosystems import LocalDisk
-        except ImportError:
-            pytest.skip("LocalDisk is not built yet")
-
-        def make(app: Any, **options: Any) -> World[Any]:
-            return LocalDisk(app, tmp_path / f"world{len(opened)}.db", **options)
-    else:
+    if request.param == "postgres":
         reason = _postgres_reason()
         if reason:
             pytest.skip(reason)
-        try:
-            from pachyderm_typed.ecosystems import Postgres
-        except ImportError:
-            pytest.skip("Postgres is not built yet")
-        namespace = f"t_{uuid.uuid4().hex[:12]}"
-        cleanups.append(lambda: Postgres.drop_namespace(PG_DSN, namespace))
-
-        def make(app: Any, **options: Any) -> World[Any]:
-            return Postgres(app, PG_DSN, namespace=namespace, **options)
-
-    def tracked(app: Any, **options: Any) -> World[Any]:
-        world = make(app, **options)
-        opened.append(world)
-        return world
-
+    factory = WorldFactory(request.param, tmp_path, PG_DSN)
     try:
-        yield tracked
+        yield factory
     finally:
-        for world in opened:
-            world.close()
-        for cleanup in cleanups:
-            cleanup()
+        factory.close()

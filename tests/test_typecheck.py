@@ -40,7 +40,7 @@ def test_gate_fails_on_an_accepted_marked_line_and_on_an_unmarked_error(tmp_path
         'b: int = "text"\n'  # rejected but unmarked: must be reported
         'c: int = "text"  # E: arg-type\n'  # rejected for another reason
     )
-    report = run_gate(gate)
+    report = run_gate(gate, ["--cache-dir", str(tmp_path / "mypy-cache")])
     assert not report.ok
     problems = "\n".join(report.problems)
     assert "wrong.py:1: accepted, but must be rejected with [assignment]" in problems
