@@ -60,14 +60,15 @@ def _is_address(tp: object) -> bool:
     return tp is Address or get_origin(tp) is Address
 
 
-def _dumps(value: object) -> bytes:
+def dump_json(value: object) -> bytes:
+    """Canonical JSON bytes: the only encoding of stored records and keys."""
     # surrogatepass: a str id holding lone surrogates (from undecodable bytes) must round-trip.
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode(
         "utf-8", "surrogatepass"
     )
 
 
-def _loads(data: bytes) -> Any:
+def load_json(data: bytes) -> Any:
     return json.loads(bytes(data).decode("utf-8", "surrogatepass"))
 
 
@@ -258,19 +259,19 @@ class Codec:
     def encode_id(self, spec: EntitySpec, entity_id: object) -> bytes:
         """Canonical bytes of an id: equal ids give equal bytes (used in keys)."""
         try:
-            return _dumps(self.converter.unstructure(entity_id, spec.id_type))
+            return dump_json(self.converter.unstructure(entity_id, spec.id_type))
         except Exception as exc:
             raise CodecError(f"cannot store the id {_show(entity_id)} of {spec.kind}: {_why(exc)}") from exc
 
     def decode_id(self, spec: EntitySpec, data: bytes) -> object:
         try:
-            return self.converter.structure(_loads(data), spec.id_type)
+            return self.converter.structure(load_json(data), spec.id_type)
         except Exception as exc:
             raise CodecError(f"a stored {spec.kind} id is corrupt ({data[:80]!r}): {exc}") from exc
 
     def encode_state(self, spec: EntitySpec, state: object) -> bytes:
         try:
-            return _dumps({"v": spec.state_version, "s": self.converter.unstructure(state, spec.state_type)})
+            return dump_json({"v": spec.state_version, "s": self.converter.unstructure(state, spec.state_type)})
         except Exception as exc:
             raise CodecError(f"cannot store the state {_show(state)} of {spec.kind}: {_why(exc)}") from exc
 
@@ -280,7 +281,7 @@ class Codec:
     def decode_state(self, spec: EntitySpec, data: bytes, where: str = "") -> object:
         """Load a state record, upgrading it step by step from older versions."""
         try:
-            record = _loads(data)
+            record = load_json(data)
             version, raw = record["v"], record["s"]
             if not isinstance(version, int):
                 raise TypeError(f"version {version!r} is not an int")
@@ -320,7 +321,7 @@ class Codec:
     def encode_message(self, envelope: Envelope[Any, Any]) -> bytes:
         spec = self.declaration.spec_for(envelope.address.entity)
         try:
-            return _dumps({
+            return dump_json({
                 "kind": spec.kind,
                 "id": self.converter.unstructure(envelope.address.id, spec.id_type),
                 "m": self.converter.unstructure(envelope.message, spec.message_type),
@@ -330,7 +331,7 @@ class Codec:
 
     def decode_message(self, data: bytes) -> Envelope[Any, Any]:
         try:
-            record = _loads(data)
+            record = load_json(data)
             kind, raw_id, raw_message = record["kind"], record["id"], record["m"]
         except Exception as exc:
             raise CodecError(f"a stored message is corrupt: {exc}") from exc
@@ -346,10 +347,10 @@ class Codec:
 
     def encode(self, value: Any) -> bytes:
         """Encode already-unstructured JSON data (for store metadata)."""
-        return _dumps(value)
+        return dump_json(value)
 
     def decode(self, data: bytes) -> Any:
-        return _loads(data)
+        return load_json(data)
 
 
 def _show(value: object) -> str:

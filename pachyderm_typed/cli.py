@@ -19,13 +19,15 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
+from pachyderm_typed._codec import dump_json
 from pachyderm_typed._dbmfile import DEAD, PENDING, DbmFile, kind_prefix, state_key
 from pachyderm_typed.errors import StorageError
 
 USAGE = """\
-usage: python -m pachyderm_typed inspect PATH_OR_DSN [KIND ID]
+usage: python -m pachyderm_typed inspect PATH [KIND ID]
+       python -m pachyderm_typed inspect DSN [--namespace NS] [KIND ID]
 
   inspect PATH            list the stored kinds with entity counts, and the pending
                           and dead-letter counts of a LocalDisk file
@@ -49,12 +51,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     if command != "inspect":
         err.write(f"error: unknown command {command!r}\n{USAGE}")
         return 2
+    if rest and is_postgres_dsn(rest[0]):
+        return _inspect_postgres(rest[0], rest[1:], out, err)  # it parses its own options
     if len(rest) not in (1, 3):
         err.write(f"error: inspect takes PATH, or PATH KIND ID (got {len(rest)} arguments)\n{USAGE}")
         return 2
     target = rest[0]
-    if is_postgres_dsn(target):
-        return _inspect_postgres(target, rest[1:], out, err)
     try:
         return inspect_localdisk(target, rest[1:], out, err)
     except StorageError as exc:
@@ -108,7 +110,7 @@ def _summary(db: DbmFile, out: TextIO) -> int:
 
 def _id_candidates(raw: str) -> list[bytes]:
     """Canonical encodings the id on the command line may stand for: the string, then JSON."""
-    encode = _canonical
+    encode = dump_json
     candidates = [encode(raw)]
     try:
         parsed = json.loads(raw)
@@ -118,13 +120,6 @@ def _id_candidates(raw: str) -> list[bytes]:
     if as_json not in candidates:
         candidates.append(as_json)
     return candidates
-
-
-def _canonical(value: Any) -> bytes:
-    # Must match the codec's key encoding (_codec._dumps).
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode(
-        "utf-8", "surrogatepass"
-    )
 
 
 def _entity(db: DbmFile, kind: str, raw_id: str, out: TextIO, err: TextIO) -> int:

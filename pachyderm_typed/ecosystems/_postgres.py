@@ -88,7 +88,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pachyderm_typed._address import Address, Envelope, make_address
-from pachyderm_typed._codec import Codec
+from pachyderm_typed._codec import Codec, dump_json
 from pachyderm_typed._ecosystem import AnyEntity, Ecosystem, EntitySpec
 from pachyderm_typed._kernel import activating, forbid_inside_activation
 from pachyderm_typed._subscription import Subscription
@@ -1123,8 +1123,7 @@ def _inspect_overview(conn: Connection, s: sql.Identifier, namespace: str, where
 
 
 def _canonical_id(value: object) -> bytes:
-    # The codec's key encoding (_codec._dumps).
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8", "surrogatepass")
+    return dump_json(value)  # the codec's key encoding
 
 
 def _inspect_entity(conn: Connection, s: sql.Identifier, kind: str, raw_id: str, out: TextIO) -> int:
