@@ -72,3 +72,17 @@ class ReplyWithTheWrongMessage(PingPong):
         if isinstance(message, Ping):
             return [message.reply_to.post(Increment())], state  # E: arg-type
         return [], state
+
+
+def misuse_on_other_ecosystems() -> None:
+    from pachyderm_typed.ecosystems import LocalDisk, Postgres, Simulation
+
+    disk = LocalDisk(App, "app.db")
+    disk.send(Clock.post(1, Tick()))  # E: arg-type
+    pg = Postgres(App, "postgresql://localhost/app")
+    pg.follow(Clock.address(1))  # E: arg-type
+    sim = Simulation(App)
+    sim.run([Clock.post(1, Tick())])  # E: list-item
+    world = sim.run([Counter.post("c", Increment())])
+    world.state(Clock.address(1))  # E: arg-type
+    wrong: str = world.state(Counter.address("c"))  # E: assignment
