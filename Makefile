@@ -12,8 +12,14 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
+	rm -rf .demo && mkdir .demo
+	$(PY) examples/counter_disk.py .demo/pachyderm.db
+	$(PY) examples/counter_disk.py .demo/pachyderm.db
 	$(PY) examples/counter.py
 	$(PY) examples/ping_pong.py
+	$(PY) examples/bank_transfer.py .demo/bank.db
+	$(PY) examples/janken.py
+	$(PY) -m pachyderm_typed inspect .demo/pachyderm.db
 
 test: $(VENV)/.installed
 	scripts/ensure-postgres
