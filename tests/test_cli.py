@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pachyderm_typed.ecosystems import LocalDisk
-from tests.conftest import PG_DSN, _postgres_reason
+from tests.conftest import PG_DSN, POSTGRES_UNAVAILABLE
 from tests.entities import App, Counter, Increment
 
 
@@ -38,9 +38,8 @@ def test_inspect_a_localdisk_file(tmp_path: Path) -> None:
 
 
 def test_inspect_a_postgres_namespace() -> None:
-    reason = _postgres_reason()
-    if reason:
-        pytest.skip(reason)
+    if POSTGRES_UNAVAILABLE:
+        pytest.skip(POSTGRES_UNAVAILABLE)
     from pachyderm_typed.ecosystems import Postgres
 
     namespace = f"cli_{uuid.uuid4().hex[:12]}"
