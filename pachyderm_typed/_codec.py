@@ -14,6 +14,9 @@ Layout of the JSON:
   lists, sets and frozensets arrays; ``datetime``/``date`` ISO strings; bytes base85;
 * a state record is ``{"v": state_version, "s": state}``;
 * a message record is ``{"kind": ..., "id": ..., "m": message}``.
+
+A stored object with a field the class does not have is an error, never silently
+dropped: a renamed field needs a ``state_version`` bump and an upgrade step.
 """
 
 from __future__ import annotations
@@ -81,7 +84,7 @@ class Codec:
 
     def __init__(self, declaration: Declaration) -> None:
         self.declaration = declaration
-        self.converter = converter = make_converter()
+        self.converter = converter = make_converter(forbid_extra_keys=True)
         converter.register_unstructure_hook(uuid.UUID, str)
         converter.register_structure_hook(uuid.UUID, lambda value, _: uuid.UUID(value))
         converter.register_unstructure_hook_func(_is_address, self._unstructure_address)

@@ -28,6 +28,7 @@ pytestmark = requires_postgres
 ACCOUNTS = 20
 SINKS = 8
 KILLS = 12
+MIN_ACKS_BETWEEN_KILLS = 50
 
 
 def _pending(namespace: str) -> int:
@@ -48,7 +49,12 @@ def test_sigkill_under_load_loses_nothing_and_doubles_nothing(namespace: str) ->
         for node in live:
             node.wait_for("ready")
         while kills < KILLS:
-            time.sleep(rng.uniform(0.3, 0.8))
+            # Wait for real progress (not just time) so a loaded machine still kills under load.
+            target = sum(len(node.acks()) for node in everyone) + MIN_ACKS_BETWEEN_KILLS
+            deadline = time.monotonic() + 30
+            while sum(len(node.acks()) for node in everyone) < target and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 0.4))
             slot = rng.randrange(len(live))
             live[slot].sigkill()
             kills += 1

@@ -41,10 +41,9 @@ _RESERVED = ("public", "information_schema")
 
 # Each step brings the layout from the previous version to its own; steps are
 # idempotent so that a half-applied step (impossible in one transaction, but cheap
-# to guarantee) is safe to run again.
+# to guarantee) is safe to run again. The schema itself is created by ensure_schema.
 _MIGRATIONS: dict[int, tuple[LiteralString, ...]] = {
     1: (
-        "CREATE SCHEMA IF NOT EXISTS {s}",
         "CREATE TABLE IF NOT EXISTS {s}.meta (key text PRIMARY KEY, value text NOT NULL)",
         # fillfactor leaves room on each page so that state updates stay HOT (no index writes).
         """CREATE TABLE IF NOT EXISTS {s}.entities (
@@ -134,6 +133,10 @@ def ensure_schema(conn: Connection, namespace: str) -> None:
             )
         if current == SCHEMA_VERSION:
             return
+        # Only when missing: CREATE SCHEMA needs CREATE on the whole database even with IF NOT
+        # EXISTS, and a role given just its own schema (least privilege) has no such right.
+        if not conn.execute("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s", (namespace,)).fetchone():
+            conn.execute(sql.SQL("CREATE SCHEMA {s}").format(s=schema))
         for version in range(current + 1, SCHEMA_VERSION + 1):
             for statement in _MIGRATIONS[version]:
                 conn.execute(sql.SQL(statement).format(s=schema))

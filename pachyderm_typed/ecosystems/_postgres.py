@@ -103,7 +103,14 @@ from pachyderm_typed.ecosystems._pg_schema import (
     ensure_schema,
     lock_key,
 )
-from pachyderm_typed.errors import ActivationError, ClosedError, CodecError, DatabaseUnavailableError, StorageError
+from pachyderm_typed.errors import (
+    ActivationError,
+    ClosedError,
+    CodecError,
+    DatabaseUnavailableError,
+    DeclarationError,
+    StorageError,
+)
 
 logger = logging.getLogger("pachyderm_typed.postgres")
 
@@ -130,6 +137,14 @@ def _describe(params: Mapping[str, str]) -> str:
     return f"{host}:{port}/{dbname}"
 
 
+def _pg_text(text: str) -> str:
+    """``text`` as a PostgreSQL ``text`` value can hold it: NUL and lone surrogates escaped.
+
+    A dead letter's reason quotes the exception, which may quote the message's data.
+    """
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _parse_dsn(dsn: object) -> dict[str, str]:
     if not isinstance(dsn, str):
         raise TypeError(f"dsn must be a str such as 'postgresql://user@host:5432/db', got {type(dsn).__qualname__}")
@@ -150,7 +165,23 @@ def _rollback(conn: Connection) -> None:
 
 def _lost(conn: Connection, exc: BaseException) -> bool:
     """Whether ``exc`` means the connection itself is gone."""
-    return conn.closed or conn.broken or isinstance(exc, psycopg.InterfaceError)
+    if conn.closed or conn.broken or isinstance(exc, psycopg.InterfaceError):
+        return True
+    # The server's FATAL (pg_terminate_backend, shutdown) can arrive as a result before libpq
+    # sees the socket close; in a pipeline psycopg then raises "cannot exit pipeline mode while
+    # busy", with the FATAL as its __context__, and leaves libpq in pipeline mode: unusable.
+    # (Callers are outside their pipeline blocks here.)
+    if conn.pgconn.pipeline_status != psycopg.pq.PipelineStatus.OFF:
+        return True
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            break
+        sqlstate = getattr(seen, "sqlstate", None) or ""
+        if sqlstate.startswith(("08", "57P")) or sqlstate == "25P03":  # the session has ended
+            return True
+        seen = seen.__context__
+    return False
 
 
 class _CommitUnknown(Exception):
@@ -307,6 +338,12 @@ class Postgres(World[E]):
         connect_timeout: float = 5.0,
     ) -> None:
         super().__init__(declaration, implementations=implementations, history=history)
+        for spec in self._declaration.specs:
+            if _pg_text(spec.kind) != spec.kind:  # kinds are stored as PostgreSQL text
+                raise DeclarationError(
+                    f"{spec.cls.__qualname__}.kind {spec.kind!r} contains a NUL character or a lone "
+                    "surrogate, which PostgreSQL cannot store: choose another kind"
+                )
         self._codec = Codec(self._declaration)
         self._namespace = check_namespace(namespace)
         params = _parse_dsn(dsn)
@@ -759,7 +796,7 @@ class Postgres(World[E]):
                 dead = batch.dead
                 conn.execute(q.insert_dead, (
                     [d[0].kind for d in dead], [d[0].id for d in dead], [d[1] for d in dead],
-                    [d[3].reason for d in dead],
+                    [_pg_text(d[3].reason) for d in dead],
                 ))
             conn.commit()
 

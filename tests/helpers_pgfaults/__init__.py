@@ -1,0 +1,1 @@
+"""Programs and support for the Postgres fault tests (tests/test_faults_postgres.py)."""
