@@ -259,9 +259,14 @@ class World(Generic[E]):
                 for subscription in subscriptions:
                     subscription._end()
             self._followers.clear()
-            abandoned = [item for item in self._queue if item.waiter is not None]
-            for item in abandoned:
-                assert item.waiter is not None
+            self._fail_queued()
+
+    def _fail_queued(self) -> None:
+        """Fail every caller still queued. Callers append without the run lock, so pop, never iterate."""
+        queue = self._queue
+        while queue:
+            item = queue.popleft()
+            if item.waiter is not None and not item.waiter.done:
                 item.waiter.fail(ClosedError(f"{self!r} was closed before {item.envelope!r} was processed"))
 
     def __enter__(self) -> Self:  # `with LocalDisk(...) as world` keeps LocalDisk's own API
@@ -289,6 +294,9 @@ class World(Generic[E]):
         self._declaration.check_envelope(envelope)
         item = Item(envelope, waiter)
         self._queue.append(item)
+        if self._closed:  # closed while we appended: close() may have missed this item
+            self._fail_queued()
+            self._check_open()
         return item
 
     def _outcome(self, item: Item) -> object:
