@@ -175,6 +175,9 @@ def storage_error(path: Path, doing: str, exc: BaseException) -> StorageError:
             advice = ": another program holds the SQLite file; close it"
         elif "full" in reason:
             advice = ": free some disk space"
+        elif "disk I/O error" in reason:
+            # SQLite reports EFBIG (a file size limit) and EIO alike as SQLITE_IOERR: name the usual causes.
+            advice = ": the system refused a read or write; check free space, the file size limit (ulimit -f) and the disk"
     return StorageError(f"{path}: {doing} failed ({reason}){advice}; nothing was changed")
 
 

@@ -230,15 +230,20 @@ class LocalDisk(World[E]):
         failure = error if isinstance(error, StorageError) else StorageError(
             f"{self.path}: committing failed ({type(error).__name__}: {error}); nothing was changed"
         )
-        for item, _ in [*batch.done, *batch.failed]:
+        # Callers append to the queue without the run lock, so take items out one at a time:
+        # iterating it while they append raised RuntimeError and left failed callers' messages
+        # queued (applied later, then again when retried); an append between a scan and
+        # clear() would have been dropped with its caller waiting forever. A message appended
+        # after this loop is a new call: it stays and runs normally.
+        queue = self._queue
+        abandoned = []
+        while queue:
+            abandoned.append(queue.popleft())  # the only taker: we hold the run lock
+        for item in [*(item for item, _ in batch.done), *(item for item, _ in batch.failed), *abandoned]:
             if item.waiter is not None and not item.waiter.done:
                 item.waiter.fail(failure)
-        for item in self._queue:
-            if item.waiter is not None and not item.waiter.done:
-                item.waiter.fail(failure)
-        self._queue.clear()
         try:
-            self._queue.extend(self._stored_pending())
+            queue.extendleft(reversed(self._stored_pending()))  # ahead of any newer call
         except StorageError:
             logger.exception("pachyderm-typed: cannot reload pending messages from %s", self.path)
         # The worker retries reloaded messages at once: back off while the disk keeps failing.
