@@ -17,12 +17,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pachyderm_typed import Ecosystem, Entity, Outbox, StorageError, UpgradeError
-from pachyderm_typed import DatabaseUnavailableError
+from pachyderm_typed import DatabaseUnavailableError, Ecosystem, Entity, Outbox, StorageError, UpgradeError
 from pachyderm_typed.ecosystems import Postgres
 from pachyderm_typed.ecosystems._pg_schema import lock_key
 from pachyderm_typed.ecosystems._postgres import inspect_postgres
 from tests.entities import App, Burst, Counter, Fanout, Forward, Forwarder, Gate, Increment, Picky, Record, Recorder, Unlock, Work
+from tests.helpers_pgfaults.app import Pay, Wallet1, Wallet2, WalletV1, WalletV2
 from tests.helpers_postgres.support import DSN, ROOT, namespace, new_namespace, requires_postgres
 
 __all__ = ["namespace"]  # the fixture
@@ -108,43 +108,6 @@ def test_an_unreachable_database_is_a_clear_error() -> None:
     with pytest.raises(DatabaseUnavailableError, match="cannot connect to PostgreSQL at 127.0.0.1:1/test") as caught:
         Postgres(App, "postgresql://postgres@127.0.0.1:1/test", namespace="nowhere", connect_timeout=1)
     assert caught.value.applied is False
-
-
-@attrs.frozen
-class Pay:
-    amount: int
-
-
-@attrs.frozen
-class WalletV1:
-    balance: int
-
-
-@attrs.frozen
-class WalletV2:
-    cents: int
-
-
-class Wallet1(Entity[str, Pay, WalletV1]):
-    kind = "Wallet"
-
-    def init(self, entity_id: str) -> WalletV1:
-        return WalletV1(0)
-
-    def activate(self, message: Pay, state: WalletV1) -> tuple[Outbox, WalletV1]:
-        return [], WalletV1(state.balance + message.amount)
-
-
-class Wallet2(Entity[str, Pay, WalletV2]):
-    kind = "Wallet"
-    state_version = 2
-    upgrades = {1: lambda data: {"cents": data["balance"] * 100}}
-
-    def init(self, entity_id: str) -> WalletV2:
-        return WalletV2(0)
-
-    def activate(self, message: Pay, state: WalletV2) -> tuple[Outbox, WalletV2]:
-        return [], WalletV2(state.cents + 100 * message.amount)
 
 
 class WalletApp1(Ecosystem[Wallet1]): ...
