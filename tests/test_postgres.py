@@ -12,12 +12,11 @@ import sys
 import threading
 from typing import Any
 
-import attrs
 import psycopg
 import pytest
 from psycopg import sql
 
-from pachyderm_typed import DatabaseUnavailableError, Ecosystem, Entity, Outbox, StorageError, UpgradeError
+from pachyderm_typed import DatabaseUnavailableError, Ecosystem, StorageError, UpgradeError
 from pachyderm_typed.ecosystems import Postgres
 from pachyderm_typed.ecosystems._pg_schema import lock_key
 from pachyderm_typed.ecosystems._postgres import inspect_postgres
