@@ -24,19 +24,7 @@ from pachyderm_typed.simulation import (
     StepLimitError,
     UnhashableError,
 )
-
-
-@attrs.frozen
-class Increment:
-    by: int = 1
-
-
-class Counter(Entity[str, Increment, int]):
-    def init(self, entity_id: str) -> int:
-        return 0
-
-    def activate(self, message: Increment, state: int) -> tuple[Outbox, int]:
-        return [], state + message.by
+from tests.entities import Counter, Increment
 
 
 @attrs.frozen

@@ -42,6 +42,7 @@ def load_example(name: str) -> ModuleType:
     return sys.modules[module_name]
 
 
+# The examples and the property below are shared with test_simulation_parallel.
 janken = load_example("janken")
 hello = load_example("calm_hello_world")
 

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
 from typing import Any, Union
 
 import attrs
@@ -14,30 +10,9 @@ import pytest
 from pachyderm_typed import Ecosystem, Entity, Outbox
 from pachyderm_typed.simulation import Network, Simulation, SimulationError
 from pachyderm_typed.simulation._parallel import fork_available
+from tests.test_simulation_checker import FULL, SERVER, hello, is_prefix, janken
 
 pytestmark = pytest.mark.skipif(not fork_available(), reason="parallel search forks worker processes")
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def load_example(name: str) -> ModuleType:
-    module_name = f"_simulation_example_{name}"
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / f"{name}.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[module_name]
-
-
-janken = load_example("janken")
-hello = load_example("calm_hello_world")
-SERVER = hello.AppendingServer.address("server")
-
-
-def is_prefix(view: Any) -> bool:
-    return bool("hello, world!".startswith(view.state(SERVER)))
 
 
 def summary(found: Any) -> tuple[Any, ...]:
@@ -75,7 +50,7 @@ def test_parallel_exhaust_matches_serial(declaration: Any, envelopes: Any, netwo
 
 
 def is_prefix_text(text: object) -> bool:
-    return isinstance(text, str) and "hello, world!".startswith(text)
+    return isinstance(text, str) and FULL.startswith(text)
 
 
 def test_parallel_exhaust_outcome_traces_replay() -> None:

@@ -104,8 +104,8 @@ def check_deterministic(
     """One outcome (one observation of the outcomes) under every order the network allows."""
     name = f"deterministic under a {network} network"
     found = simulation.exhaust(envelopes, network=network, max_worlds=max_worlds)
-    if not found.complete:
-        return _inconclusive(name, found)
+    if (inconclusive := _inconclusive(name, found)) is not None:
+        return inconclusive
     observer = _Observer(simulation, observe)
     distinct: dict[Hashable, SimulatedWorld[E]] = {}
     for outcome in found.outcomes:
@@ -115,12 +115,11 @@ def check_deterministic(
         return CalmResult(name, True, f"every one of {_orderings(found)} reaches the same outcome: {found.outcomes[0].describe()}")
     shown = list(distinct.values())[:SHOWN]
     listing = "; ".join(f"[{o.describe()}]" for o in shown)
-    return CalmResult(
+    return _fails(
         name,
-        False,
         f"{count} distinct outcomes across {_orderings(found)}, so the result depends on delivery order. "
         f"Shortest orderings to the first {len(shown)}: {listing}",
-        tuple(o.trace for o in shown),
+        shown,
     )
 
 
@@ -138,9 +137,8 @@ def check_loss_tolerant(
     name = f"loss-tolerant (a {lossy} network against a {baseline} one)"
     reliable = simulation.exhaust(envelopes, network=baseline, max_worlds=max_worlds)
     dropping = simulation.exhaust(envelopes, network=lossy, max_worlds=max_worlds)
-    for found in (reliable, dropping):
-        if not found.complete:
-            return _inconclusive(name, found)
+    if (inconclusive := _inconclusive(name, reliable, dropping)) is not None:
+        return inconclusive
     assert reliable.reachable is not None
     observer = _Observer(simulation, observe)
     reachable = {observer(states) for states in reliable.reachable()}
@@ -153,13 +151,12 @@ def check_loss_tolerant(
             f"(it reaches {len(reliable.outcomes)} outcome(s) via {len(reachable):,} distinct observations)",
         )
     shown = foreign[:SHOWN]
-    return CalmResult(
+    return _fails(
         name,
-        False,
         f"{len(foreign)} of {len(dropping.outcomes)} outcomes with lost messages are worlds the reliable system "
         f"never passes through, e.g. [{shown[0].describe()}]: losing a message produced something new, "
         "so the system is not monotone",
-        tuple(o.trace for o in shown),
+        shown,
     )
 
 
@@ -178,21 +175,19 @@ def check_duplicate_tolerant(
     name = f"duplicate-tolerant (a {duplicating} network against a {baseline} one)"
     reliable = simulation.exhaust(envelopes, network=baseline, max_worlds=max_worlds)
     doubled = simulation.exhaust(envelopes, network=duplicating, max_worlds=max_worlds)
-    for found in (reliable, doubled):
-        if not found.complete:
-            return _inconclusive(name, found)
+    if (inconclusive := _inconclusive(name, reliable, doubled)) is not None:
+        return inconclusive
     observer = _Observer(simulation, observe)
     expected = {observer.of(o) for o in reliable.outcomes}
     extra = [o for o in doubled.outcomes if observer.of(o) not in expected]
     if not extra:
         return CalmResult(name, True, f"the same {len(expected)} outcome(s) with and without duplicates")
     shown = extra[:SHOWN]
-    return CalmResult(
+    return _fails(
         name,
-        False,
         f"duplicates add {len(extra)} outcome(s) the reliable system never reaches, e.g. [{shown[0].describe()}] "
         f"(reliable: {_describe_all(reliable.outcomes)}): some activation is not idempotent",
-        tuple(o.trace for o in shown),
+        shown,
     )
 
 
@@ -223,7 +218,16 @@ def _describe_all(outcomes: Sequence[SimulatedWorld[Any]]) -> str:
     return "; ".join(f"[{o.describe()}]" for o in outcomes[:SHOWN]) + (" ..." if len(outcomes) > SHOWN else "")
 
 
-def _inconclusive(name: str, found: Exploration[Any]) -> CalmResult:
-    return CalmResult(
-        name, False, f"inconclusive: the search was stopped by {found.stopped_by}; raise max_worlds to decide"
-    )
+def _fails(name: str, explanation: str, shown: Sequence[SimulatedWorld[Any]]) -> CalmResult:
+    """The property does not hold: ``shown`` are the counterexamples (their traces)."""
+    return CalmResult(name, False, explanation, tuple(o.trace for o in shown))
+
+
+def _inconclusive(name: str, *searches: Exploration[Any]) -> CalmResult | None:
+    """The verdict when a limit cut one of ``searches`` short (``None`` when all are complete)."""
+    for found in searches:
+        if not found.complete:
+            return CalmResult(
+                name, False, f"inconclusive: the search was stopped by {found.stopped_by}; raise max_worlds to decide"
+            )
+    return None

@@ -18,8 +18,10 @@ import functools
 import random
 import time
 from array import array
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
+
+import attrs
 
 from pachyderm_typed._address import Address, Envelope
 from pachyderm_typed._kernel import activating
@@ -40,6 +42,31 @@ from pachyderm_typed.simulation._network import Network
 from pachyderm_typed.simulation._properties import Predicate, Properties
 from pachyderm_typed.simulation._report import Trace, build_trace
 from pachyderm_typed.simulation._results import Exploration, Failure, SimulatedWorld, Violation
+
+
+@attrs.frozen(eq=False)
+class Problem:
+    """What a search explores: the entities at ``states`` with ``envelopes`` in flight on ``network``.
+
+    Every search checks ``invariants`` and looks for ``goals``; ``base_history``
+    is what each entity received before the search began (for failure reports).
+    """
+
+    model: Model
+    states: Mapping[Address[Any, Any, Any], object]
+    envelopes: Sequence[Envelope[Any, Any]]
+    network: Network
+    invariants: Mapping[str, Predicate]
+    goals: Mapping[str, Predicate]
+    base_history: History
+
+    def start(self) -> WorldKey:
+        """The starting world (interned in ``model``); call inside ``activating()``."""
+        return self.model.start(self.states, self.envelopes, self.network)
+
+    def properties(self) -> Properties:
+        """A fresh record of which invariants and goals are still undecided."""
+        return Properties(self.model, self.network.ordered, self.invariants, self.goals)
 
 
 class _Stop(Exception):
@@ -110,7 +137,7 @@ def search(
                     orderings += w
                     continue
                 if fast:
-                    # The hot loop: reliable reordering network, everything inlined.
+                    # The hot loop (reordering), inlined here and in _Worker.expand: a shared generator costs ~6%.
                     n = len(states)
                     previous = -1
                     for i, entry in enumerate(flight):
@@ -149,6 +176,7 @@ def search(
                         else:
                             graded = False
                     continue
+                # Other networks: the same bookkeeping, not shared with the loop above for the same reason.
                 for action, child in successors(world, network):
                     kind, entry = action
                     if kind != DROP:
@@ -216,53 +244,87 @@ def _trace(
     return build_trace(model, moves, model.decode_flight(end[1], network.ordered), base_history)
 
 
-def exhaust(
-    model: Model,
-    states: Mapping[Address[Any, Any, Any], object],
-    envelopes: Sequence[Envelope[Any, Any]],
-    *,
-    network: Network,
-    invariants: Mapping[str, Predicate],
-    goals: Mapping[str, Predicate],
-    max_depth: int | None,
-    max_worlds: int | None,
-    base_history: History,
-) -> Exploration[Any]:
+def exhaust(problem: Problem, *, max_depth: int | None, max_worlds: int | None, workers: int = 1) -> Exploration[Any]:
+    """Every world breadth-first (see ``search``); ``workers > 1`` splits the search across forked processes."""
     _check_limits(max_depth=max_depth, max_worlds=max_worlds)
+    if workers > 1:
+        from pachyderm_typed.simulation._parallel import parallel_exhaust  # here: _parallel imports this module
+
+        return parallel_exhaust(problem, max_depth=max_depth, max_worlds=max_worlds, workers=workers)
+    model, network = problem.model, problem.network
     began = time.perf_counter()
     with activating():
-        start = model.start(states, envelopes, network)
-        props = Properties(model, network.ordered, invariants, goals)
+        start = problem.start()
+        props = problem.properties()
         found = search(model, start, network, props, max_depth, max_worlds)
     elapsed = time.perf_counter() - began
-
-    def trace_to(wid: int, last: Action | None = None) -> Trace:
-        return _trace(model, network, base_history, path_to(found, wid), last)
-
-    initial = functools.partial(model.state_of, ())
-    outcome_ids = [wid for wid, key in enumerate(found.worlds) if not key[1]]
-    outcomes = tuple(
-        SimulatedWorld[Any](
-            model.decode_states(found.worlds[wid][0]), initial, (), functools.partial(trace_to, wid), found.worlds[wid][0]
-        )
-        for wid in outcome_ids
-    )
     worlds = found.worlds
-    return Exploration(
-        mode="exhaust",
-        network=network,
-        outcomes=outcomes,
+    return exhausted(
+        problem,
+        path=functools.partial(path_to, found),
+        outcomes=[(wid, key[0]) for wid, key in enumerate(worlds) if not key[1]],
+        violated=props.violated,
+        reached=props.reached,
+        failures=found.failures.values(),
         worlds=len(worlds),
         transitions=found.transitions,
         depth=found.depth,
         stopped_by=found.stopped_by,
-        violations=tuple(Violation(name, trace_to(wid)) for name, wid in props.violated.items()),
-        goals={name: (trace_to(props.reached[name]) if name in props.reached else None) for name in goals},
-        failures=tuple(_failure(trace_to(wid, action)) for wid, action in found.failures.values()),
         elapsed=elapsed,
         reachable=lambda: frozenset(key[0] for key in worlds),
         count_orderings=functools.partial(_orderings, model, network, found),
-        _cache={"orderings": found.orderings} if found.orderings is not None else {},
+        orderings=found.orderings,
+    )
+
+
+def exhausted(
+    problem: Problem,
+    *,
+    path: Callable[[int], Sequence[WorldKey]],
+    outcomes: Iterable[tuple[int, States]],
+    violated: Mapping[str, int],
+    reached: Mapping[str, int],
+    failures: Iterable[tuple[int, Action]],
+    worlds: int,
+    transitions: int,
+    depth: int,
+    stopped_by: str | None,
+    elapsed: float,
+    reachable: Callable[[], frozenset[States]] | None = None,
+    count_orderings: Callable[[], int | None] | None = None,
+    orderings: int | None = None,
+) -> Exploration[Any]:
+    """What an exhaustive search (serial or parallel) found, as an ``Exploration``.
+
+    Worlds are named by the search's own ids: ``path(id)`` is the worlds from the
+    start to that one, and ``failures`` pairs a world id with the failing step
+    taken from it. Traces are rebuilt from the paths (an outcome's on first use).
+    ``orderings``: counted during the search, else ``count_orderings`` counts them on demand.
+    """
+    model, network, base_history = problem.model, problem.network, problem.base_history
+
+    def trace_to(wid: int, last: Action | None = None) -> Trace:
+        return _trace(model, network, base_history, path(wid), last)
+
+    initial = functools.partial(model.state_of, ())
+    return Exploration(
+        mode="exhaust",
+        network=network,
+        outcomes=tuple(
+            SimulatedWorld[Any](model.decode_states(states), initial, (), functools.partial(trace_to, wid), states)
+            for wid, states in outcomes
+        ),
+        worlds=worlds,
+        transitions=transitions,
+        depth=depth,
+        stopped_by=stopped_by,
+        violations=tuple(Violation(name, trace_to(wid)) for name, wid in violated.items()),
+        goals={name: (trace_to(reached[name]) if name in reached else None) for name in problem.goals},
+        failures=tuple(_failure(trace_to(wid, action)) for wid, action in failures),
+        elapsed=elapsed,
+        reachable=reachable,
+        count_orderings=count_orderings,
+        _cache={"orderings": orderings} if orderings is not None else {},
     )
 
 
@@ -331,35 +393,25 @@ class Sample:
         self.unfinished = 0
 
 
-def sample(
-    model: Model,
-    states: Mapping[Address[Any, Any, Any], object],
-    envelopes: Sequence[Envelope[Any, Any]],
-    *,
-    network: Network,
-    invariants: Mapping[str, Predicate],
-    goals: Mapping[str, Predicate],
-    seed: int,
-    runs: range,
-    max_steps: int,
-) -> Sample:
+def sample(problem: Problem, *, seed: int, runs: range, max_steps: int) -> Sample:
     """Random runs; run ``r`` draws its choices from ``random.Random(seed + r)``.
 
     Choices are made among the messages in flight in the order they were sent,
     so a schedule depends on the seed only, never on interning order:
     ``explore(seed=seed + r, runs=1)`` replays run ``r``.
     """
+    model, network = problem.model, problem.network
     ordered, drops, budget = network.ordered, network.drops, network.duplicates
     message_slot = model.message_slot
     found = Sample()
     seen, outcomes, failures = found.seen, found.outcomes, found.failures
     with activating():
-        start = model.start(states, envelopes, network)
+        start = problem.start()
         start_flight = [
             (model.message_id(env.address, env.message) << 3 | budget, model.channel(OUTSIDE, model.slot(env.address)))
-            for env in envelopes
+            for env in problem.envelopes
         ]
-        props = Properties(model, ordered, invariants, goals)
+        props = problem.properties()
         seen.add(start)
         if props.active:
             props.check(start, (seed + runs.start, [], list(start_flight)))
@@ -418,45 +470,23 @@ def sample(
     return found
 
 
-def explore(
-    model: Model,
-    states: Mapping[Address[Any, Any, Any], object],
-    envelopes: Sequence[Envelope[Any, Any]],
-    *,
-    network: Network,
-    invariants: Mapping[str, Predicate],
-    goals: Mapping[str, Predicate],
-    seed: int,
-    runs: int,
-    max_steps: int,
-    base_history: History,
-) -> Exploration[Any]:
-    """``runs`` random schedules from ``seed`` (see ``sample``), decoded into an ``Exploration``."""
+def explore(problem: Problem, *, seed: int, runs: int, max_steps: int, workers: int = 1) -> Exploration[Any]:
+    """``runs`` random schedules from ``seed`` (see ``sample``), decoded into an ``Exploration``.
+
+    ``workers > 1`` splits the runs across forked processes, with the same results.
+    """
     _check_limits(runs=runs, max_steps=max_steps)
     began = time.perf_counter()
-    found = sample(
-        model, states, envelopes, network=network, invariants=invariants, goals=goals,
-        seed=seed, runs=range(runs), max_steps=max_steps,
-    )
-    return sampled_exploration(
-        model, found, network=network, goals=goals, seed=seed, runs=runs, max_steps=max_steps,
-        base_history=base_history, worlds=len(found.seen), elapsed=time.perf_counter() - began,
-    )
+    if workers > 1:
+        from pachyderm_typed.simulation._parallel import parallel_sample  # here: _parallel imports this module
 
+        found, worlds = parallel_sample(problem, seed=seed, runs=runs, max_steps=max_steps, workers=workers)
+    else:
+        found = sample(problem, seed=seed, runs=range(runs), max_steps=max_steps)
+        worlds = len(found.seen)
+    elapsed = time.perf_counter() - began
+    model, base_history = problem.model, problem.base_history
 
-def sampled_exploration(
-    model: Model,
-    found: Sample,
-    *,
-    network: Network,
-    goals: Mapping[str, Predicate],
-    seed: int,
-    runs: int,
-    max_steps: int,
-    base_history: History,
-    worlds: int,
-    elapsed: float,
-) -> Exploration[Any]:
     def trace(moves: Moves, flight: FlightList) -> Trace:
         in_flight = tuple(model.envelope(entry) for entry, _ in flight)
         return build_trace(model, moves, in_flight, base_history)
@@ -464,7 +494,7 @@ def sampled_exploration(
     initial = functools.partial(model.state_of, ())
     return Exploration(
         mode="explore",
-        network=network,
+        network=problem.network,
         outcomes=tuple(
             SimulatedWorld[Any](model.decode_states(key), initial, (), trace(moves, []), key)
             for key, (_, moves) in found.outcomes.items()
@@ -481,7 +511,7 @@ def sampled_exploration(
         ),
         goals={
             name: (trace(found.reached[name][1], found.reached[name][2]) if name in found.reached else None)
-            for name in goals
+            for name in problem.goals
         },
         failures=tuple(_failure(trace(moves, flight), run_seed) for run_seed, moves, flight in found.failures.values()),
         elapsed=elapsed,

@@ -27,23 +27,15 @@ from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-from pachyderm_typed._address import Address, Envelope, make_address
+from pachyderm_typed._address import Address, make_address
 from pachyderm_typed._entity import Entity
 from pachyderm_typed._kernel import activating
-from pachyderm_typed.simulation._checker import (
-    Sample,
-    _check_limits,
-    _failure,
-    _trace,
-    sample,
-    sampled_exploration,
-)
+from pachyderm_typed.simulation._checker import Problem, Sample, exhausted, sample
 from pachyderm_typed.simulation._errors import SimulationError
-from pachyderm_typed.simulation._model import DELIVER, DROP, Action, History, Model, States, WorldKey, with_state
+from pachyderm_typed.simulation._model import DELIVER, DROP, Action, Model, States, WorldKey, with_state
 from pachyderm_typed.simulation._network import Network
-from pachyderm_typed.simulation._properties import Predicate, Properties
-from pachyderm_typed.simulation._report import Trace
-from pachyderm_typed.simulation._results import Exploration, SimulatedWorld, Violation
+from pachyderm_typed.simulation._properties import Properties
+from pachyderm_typed.simulation._results import Exploration
 
 MASK = (1 << 64) - 1
 
@@ -74,6 +66,10 @@ class Fingerprints:
             model = self.model
             h = self._states[key] = _mix(hash((model.addresses[slot], model.state_values[slot][sid])) & MASK)
         return h
+
+    def failure(self, mid: int, sid: int) -> int:
+        """Of a (message, receiver's state) pair: which activation failed."""
+        return hash((self.model.messages[mid], self.state(self.model.message_slot[mid], sid)))
 
     def entry(self, entry: int) -> int:
         h = self._entries.get(entry)
@@ -156,38 +152,20 @@ def run_forked(jobs: Sequence[Callable[[], object]]) -> list[Any]:
 # -- explore ------------------------------------------------------------------------------
 
 
-def parallel_explore(
-    model: Model,
-    states: Mapping[Address[Any, Any, Any], object],
-    envelopes: Sequence[Envelope[Any, Any]],
-    *,
-    network: Network,
-    invariants: Mapping[str, Predicate],
-    goals: Mapping[str, Predicate],
-    seed: int,
-    runs: int,
-    max_steps: int,
-    base_history: History,
-    workers: int,
-) -> Exploration[Any]:
-    """``explore`` with its runs split across ``workers`` forked processes; same results as serial."""
-    _check_limits(runs=runs, max_steps=max_steps)
+def parallel_sample(problem: Problem, *, seed: int, runs: int, max_steps: int, workers: int) -> tuple[Sample, int]:
+    """``sample`` with its runs split across ``workers`` forked processes; the serial results, and the worlds seen."""
     _require_fork(workers)
-    began = time.perf_counter()
-    options: dict[str, Any] = dict(network=network, invariants=invariants, goals=goals, max_steps=max_steps)
+    model, network = problem.model, problem.network
     bounds = [runs * k // workers for k in range(workers + 1)]
     chunks = [range(bounds[k], bounds[k + 1]) for k in range(workers) if bounds[k] < bounds[k + 1]]
 
     def job(chunk: range) -> dict[str, Any]:
-        found = sample(model, states, envelopes, seed=seed, runs=chunk, **options)
+        found = sample(problem, seed=seed, runs=chunk, max_steps=max_steps)
         prints = Fingerprints(model)
         return {
             "seen": {prints.world(key, network.ordered) for key in found.seen},
             "outcomes": {prints.states(key): run for key, (run, _) in found.outcomes.items()},
-            "failures": {
-                hash((model.messages[mid], prints.state(model.message_slot[mid], sid))): run
-                for (mid, sid), (run, _, _) in found.failures.items()
-            },
+            "failures": {prints.failure(mid, sid): run for (mid, sid), (run, _, _) in found.failures.items()},
             "violated": {name: where[0] for name, where in found.violated.items()},
             "reached": {name: where[0] for name, where in found.reached.items()},
             "counts": (found.transitions, found.deepest, found.unfinished),
@@ -210,7 +188,7 @@ def parallel_explore(
                 if key not in first or run_seed < first[key]:
                     first[key] = run_seed
     for run_seed in sorted({run_seed for first in firsts.values() for run_seed in first.values()}):
-        replay = sample(model, states, envelopes, seed=run_seed, runs=range(1), **options)
+        replay = sample(problem, seed=run_seed, runs=range(1), max_steps=max_steps)
         for key, found in replay.outcomes.items():
             merged.outcomes.setdefault(key, found)
         for failure_key, failed in replay.failures.items():
@@ -221,10 +199,7 @@ def parallel_explore(
         for name, where in replay.reached.items():
             if firsts["reached"].get(name) == run_seed:
                 merged.reached[name] = where
-    return sampled_exploration(
-        model, merged, network=network, goals=goals, seed=seed, runs=runs, max_steps=max_steps,
-        base_history=base_history, worlds=len(seen), elapsed=time.perf_counter() - began,
-    )
+    return merged, len(seen)
 
 
 # -- exhaust -----------------------------------------------------------------------------------
@@ -327,6 +302,7 @@ class _Worker:
             states, flight = key
             handle = me + count * wid
             if fast:
+                # search()'s hot loop (see there why it is written twice), plus fingerprints.
                 n = len(states)
                 previous = -1
                 sums: tuple[int, int] | None = None  # of the parent's fingerprint, once a child is new
@@ -443,7 +419,7 @@ class _Worker:
         return {
             "outcomes": [wid for wid, key in enumerate(self.worlds) if not key[1]],
             "failures": {
-                hash((model.messages[mid], prints.state(model.message_slot[mid], sid))): (wid, kind, prints.entry(entry))
+                prints.failure(mid, sid): (wid, kind, prints.entry(entry))
                 for (mid, sid), (wid, (kind, entry)) in self.failures.items()
             },
         }
@@ -519,37 +495,24 @@ class _Cohort:
                 process.kill()
 
 
-def parallel_exhaust(
-    model: Model,
-    states: Mapping[Address[Any, Any, Any], object],
-    envelopes: Sequence[Envelope[Any, Any]],
-    *,
-    network: Network,
-    invariants: Mapping[str, Predicate],
-    goals: Mapping[str, Predicate],
-    max_depth: int | None,
-    max_worlds: int | None,
-    base_history: History,
-    workers: int,
-) -> Exploration[Any]:
+def parallel_exhaust(problem: Problem, *, max_depth: int | None, max_worlds: int | None, workers: int) -> Exploration[Any]:
     """``exhaust`` across ``workers`` forked processes (unordered networks).
 
     Same outcomes, counts, violations and failures as the serial search, with
     shortest traces. Differences: ``max_worlds`` is checked between levels (the
     count may pass it by up to one level), and orderings are not counted.
     """
-    _check_limits(max_depth=max_depth, max_worlds=max_worlds)
     _require_fork(workers)
+    model, network = problem.model, problem.network
     if network.ordered:
         raise SimulationError("parallel exhaust supports unordered networks only: use workers=1 with a FIFO network")
     began = time.perf_counter()
     _KINDS.update({spec.kind: spec.cls for spec in model.declaration.specs})
     with activating():
-        start = model.start(states, envelopes, network)
+        start = problem.start()
 
     def factory(me: int) -> _Worker:
-        props = Properties(model, False, invariants, goals)
-        return _Worker(me, workers, model, start, network, props)
+        return _Worker(me, workers, model, start, network, problem.properties())
 
     cohort = _Cohort([functools.partial(factory, k) for k in range(workers)])
     try:
@@ -595,32 +558,19 @@ def parallel_exhaust(
     replay = _Replay(model, network, start)
     keys = {handle: replay.follow(paths[handle]) for handle in wanted}
     elapsed = time.perf_counter() - began
-
-    def trace_to(handle: int, last: Action | None = None) -> Trace:
-        return _trace(model, network, base_history, keys[handle], last)
-
-    initial = functools.partial(model.state_of, ())
-    return Exploration(
-        mode="exhaust",
-        network=network,
-        outcomes=tuple(
-            SimulatedWorld[Any](
-                model.decode_states(key[0]), initial, (),
-                functools.partial(_trace, model, network, base_history, keys[h]), key[0],
-            )
-            for h in outcome_handles
-            for key in (keys[h][-1],)
+    return exhausted(
+        problem,
+        path=keys.__getitem__,
+        outcomes=[(handle, keys[handle][-1][0]) for handle in outcome_handles],
+        violated=violated,
+        reached=reached,
+        failures=(
+            (handle, replay.action(keys[handle][-1], kind, entry_print)) for handle, kind, entry_print in failures.values()
         ),
         worlds=worlds,
         transitions=transitions,
         depth=depth,
         stopped_by=stopped_by,
-        violations=tuple(Violation(name, trace_to(handle)) for name, handle in violated.items()),
-        goals={name: (trace_to(reached[name]) if name in reached else None) for name in goals},
-        failures=tuple(
-            _failure(trace_to(handle, replay.action(keys[handle][-1], kind, entry_print)))
-            for handle, kind, entry_print in failures.values()
-        ),
         elapsed=elapsed,
     )
 

@@ -135,22 +135,9 @@ class Simulation(World[E]):
         short is reported in ``stopped_by``, never silently. ``workers > 1``
         splits the search across processes (see ``pachyderm_typed.simulation``).
         """
-        forbid_inside_activation("exhaust")
-        accepted = self._accept(envelopes)
-        states, base_history = self._snapshot()
+        problem = self._problem("exhaust", envelopes, network, invariants, goals)
         with self._model_lock:
-            if workers > 1:
-                from pachyderm_typed.simulation._parallel import parallel_exhaust
-
-                return parallel_exhaust(
-                    self._model, states, accepted, network=network, invariants=invariants or {},
-                    goals=goals or {}, max_depth=max_depth, max_worlds=max_worlds,
-                    base_history=base_history, workers=workers,
-                )
-            return _checker.exhaust(
-                self._model, states, accepted, network=network, invariants=invariants or {},
-                goals=goals or {}, max_depth=max_depth, max_worlds=max_worlds, base_history=base_history,
-            )
+            return _checker.exhaust(problem, max_depth=max_depth, max_worlds=max_worlds, workers=workers)
 
     def explore(
         self,
@@ -170,24 +157,25 @@ class Simulation(World[E]):
         its run's seed, and ``explore(envelopes, seed=that_seed, runs=1)``
         replays it step for step.
         """
-        forbid_inside_activation("explore")
-        accepted = self._accept(envelopes)
-        states, base_history = self._snapshot()
+        problem = self._problem("explore", envelopes, network, invariants, goals)
         with self._model_lock:
-            if workers > 1:
-                from pachyderm_typed.simulation._parallel import parallel_explore
-
-                return parallel_explore(
-                    self._model, states, accepted, network=network, invariants=invariants or {},
-                    goals=goals or {}, seed=seed, runs=runs, max_steps=max_steps,
-                    base_history=base_history, workers=workers,
-                )
-            return _checker.explore(
-                self._model, states, accepted, network=network, invariants=invariants or {},
-                goals=goals or {}, seed=seed, runs=runs, max_steps=max_steps, base_history=base_history,
-            )
+            return _checker.explore(problem, seed=seed, runs=runs, max_steps=max_steps, workers=workers)
 
     # -- helpers ----------------------------------------------------------------------
+
+    def _problem(
+        self,
+        name: str,
+        envelopes: Iterable[Envelope[E, object]],
+        network: Network,
+        invariants: Predicates[E] | None,
+        goals: Predicates[E] | None,
+    ) -> _checker.Problem:
+        """What ``exhaust`` and ``explore`` search: from the current states, with ``envelopes`` in flight."""
+        forbid_inside_activation(name)
+        accepted = self._accept(envelopes)
+        states, base_history = self._snapshot()
+        return _checker.Problem(self._model, states, accepted, network, invariants or {}, goals or {}, base_history)
 
     def _accept(self, envelopes: Iterable[Envelope[Any, Any]]) -> list[Envelope[Any, Any]]:
         if isinstance(envelopes, Envelope):
