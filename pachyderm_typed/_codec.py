@@ -321,14 +321,18 @@ class Codec:
             version += 1
         return raw
 
-    def encode_message(self, envelope: Envelope[Any, Any]) -> bytes:
+    def encode_message(self, envelope: Envelope[Any, Any], reason: str | None = None) -> bytes:
+        """A message record; a dead letter's also carries the ``reason`` it failed."""
         spec = self.declaration.spec_for(envelope.address.entity)
         try:
-            return dump_json({
+            record = {
                 "kind": spec.kind,
                 "id": self.converter.unstructure(envelope.address.id, spec.id_type),
                 "m": self.converter.unstructure(envelope.message, spec.message_type),
-            })
+            }
+            if reason is not None:
+                record["reason"] = reason
+            return dump_json(record)
         except Exception as exc:
             raise CodecError(f"cannot store the message {_show(envelope)}: {_why(exc)}") from exc
 

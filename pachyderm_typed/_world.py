@@ -292,6 +292,7 @@ class World(Generic[E]):
     def _enqueue(self, envelope: Envelope[Any, Any], waiter: Waiter) -> Item:
         self._check_open()
         self._declaration.check_envelope(envelope)
+        self._check_storable(envelope)
         item = Item(envelope, waiter)
         self._queue.append(item)
         if self._closed:  # closed while we appended: close() may have missed this item
@@ -493,6 +494,9 @@ class World(Generic[E]):
                     del self._followers[subscription.address]
 
     # -- store hooks (in memory here; durable ecosystems override) -------------------
+
+    def _check_storable(self, envelope: Envelope[Any, Any]) -> None:
+        """Refuse, before it is queued, a valid envelope this store could not keep."""
 
     def _load(self, spec: EntitySpec, address: Address[Any, Any, Any]) -> object:
         """The state of an entity not in the cache: the stored one, or ``init``."""

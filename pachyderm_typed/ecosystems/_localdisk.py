@@ -168,10 +168,7 @@ class LocalDisk(World[E]):
         """Send a dead letter again: it moves back to pending atomically, then is delivered."""
         forbid_inside_activation("retry")
         with self._run_lock:
-            self._check_open()
-            dead_key = seq_key(DEAD, dead_letter.id)
-            if self._file.get(dead_key) is None:
-                raise LookupError(f"dead letter {dead_letter.id} is not (or no longer) in {self!r}")
+            dead_key = self._stored_dead_letter(dead_letter)
             row = seq_key(PENDING, self._next_pending)
             self._next_pending += 1
             self._file.write([(row, self._codec.encode_message(dead_letter.envelope))], [dead_key])
@@ -181,11 +178,9 @@ class LocalDisk(World[E]):
 
     # -- store hooks ----------------------------------------------------------------
 
-    def _enqueue(self, envelope: Envelope[Any, Any], waiter: Waiter) -> Item:
-        self._check_open()
-        self._declaration.check_envelope(envelope)
-        self._codec.encode_message(envelope)  # unstorable: CodecError now, and nothing is queued
-        return super()._enqueue(envelope, waiter)
+    def _check_storable(self, envelope: Envelope[Any, Any]) -> None:
+        # It may have to be stored (as a dead letter): unstorable is a CodecError now, not at commit.
+        self._codec.encode_message(envelope)
 
     def _state_key(self, spec: EntitySpec, entity_id: object) -> bytes:
         return state_key(spec.kind, self._codec.encode_id(spec, entity_id))
@@ -211,9 +206,7 @@ class LocalDisk(World[E]):
                 puts.append((row, storing.message_data(item.envelope)))
                 rows.append((item, row))
         for item, error in dead:
-            record = self._codec.decode(self._codec.encode_message(item.envelope))
-            record["reason"] = str(error)
-            puts.append((seq_key(DEAD, self._next_dead), self._codec.encode(record)))
+            puts.append((seq_key(DEAD, self._next_dead), self._codec.encode_message(item.envelope, str(error))))
             self._next_dead += 1
         if puts or deletes:
             self._file.write(puts, deletes)
@@ -252,11 +245,15 @@ class LocalDisk(World[E]):
             time.sleep(min(1.0, 0.01 * 2 ** min(self._failures, 7)))
 
     def _take_dead_letter(self, dead_letter: DeadLetter) -> None:
+        self._file.write((), [self._stored_dead_letter(dead_letter)])
+
+    def _stored_dead_letter(self, dead_letter: DeadLetter) -> bytes:
+        """The key of a dead letter still in the file, or LookupError."""
         self._check_open()
         key = seq_key(DEAD, dead_letter.id)
         if self._file.get(key) is None:
             raise LookupError(f"dead letter {dead_letter.id} is not (or no longer) in {self!r}")
-        self._file.write((), [key])
+        return key
 
     def _release(self) -> None:
         self._file.close()
