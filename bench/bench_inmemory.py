@@ -23,6 +23,8 @@ import attrs
 from pachyderm_typed import Ecosystem, Entity, Outbox
 from pachyderm_typed.ecosystems import InMemory
 
+from counter import Counter, Increment  # bench/counter.py
+
 
 @attrs.frozen
 class Hop:
@@ -51,19 +53,6 @@ class Sink(Entity[int, Hop, int]):
 
 
 class Bench(Ecosystem[Relay | Sink]): ...
-
-
-@attrs.frozen
-class Increment:
-    by: int = 1
-
-
-class Counter(Entity[str, Increment, int]):
-    def init(self, entity_id: str) -> int:
-        return 0
-
-    def activate(self, message: Increment, state: int) -> tuple[Outbox, int]:
-        return [], state + message.by
 
 
 class Counters(Ecosystem[Counter]): ...

@@ -35,27 +35,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import attrs
 
-from pachyderm_typed import Ecosystem, Entity, Outbox
+from pachyderm_typed import Ecosystem
 from pachyderm_typed._codec import Codec
 from pachyderm_typed._dbmfile import DbmFile, state_key
 from pachyderm_typed._world import Batch, Item
 from pachyderm_typed.ecosystems import LocalDisk
 from pachyderm_typed.errors import ActivationError
 
-
-@attrs.frozen
-class Increment:
-    by: int = 1
-
-
-class Counter(Entity[str, Increment, int]):
-    def init(self, entity_id: str) -> int:
-        return 0
-
-    def activate(self, message: Increment, state: int) -> tuple[Outbox, int]:
-        return [], state + message.by
+from counter import Counter, Increment  # bench/counter.py
 
 
 class Bench(Ecosystem[Counter]): ...
