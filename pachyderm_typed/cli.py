@@ -108,7 +108,7 @@ def _summary(db: DbmFile, out: TextIO) -> int:
     return 0
 
 
-def _id_candidates(raw: str) -> list[bytes]:
+def id_candidates(raw: str) -> list[bytes]:
     """Canonical encodings the id on the command line may stand for: the string, then JSON."""
     encode = dump_json
     candidates = [encode(raw)]
@@ -124,7 +124,7 @@ def _id_candidates(raw: str) -> list[bytes]:
 
 def _entity(db: DbmFile, kind: str, raw_id: str, out: TextIO, err: TextIO) -> int:
     found: list[tuple[bytes, bytes]] = []
-    for encoded in _id_candidates(raw_id):
+    for encoded in id_candidates(raw_id):
         data = db.get(state_key(kind, encoded))
         if data is not None:
             found.append((encoded, data))

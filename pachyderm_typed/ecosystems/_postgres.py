@@ -88,7 +88,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pachyderm_typed._address import Address, Envelope, make_address
-from pachyderm_typed._codec import Codec, dump_json
+from pachyderm_typed._codec import Codec, load_json
 from pachyderm_typed._ecosystem import AnyEntity, Ecosystem, EntitySpec
 from pachyderm_typed._kernel import activating, forbid_inside_activation
 from pachyderm_typed._subscription import Subscription
@@ -1159,22 +1159,11 @@ def _inspect_overview(conn: Connection, s: sql.Identifier, namespace: str, where
     return 0
 
 
-def _canonical_id(value: object) -> bytes:
-    return dump_json(value)  # the codec's key encoding
-
-
 def _inspect_entity(conn: Connection, s: sql.Identifier, kind: str, raw_id: str, out: TextIO) -> int:
-    candidates: list[object] = [raw_id]  # the string first, then the JSON it may spell
-    try:
-        parsed = json.loads(raw_id)
-    except ValueError:
-        pass
-    else:
-        if parsed != raw_id:
-            candidates.append(parsed)
+    from pachyderm_typed.cli import id_candidates  # the CLI imports this module lazily
+
     found = []
-    for candidate in candidates:
-        key = _canonical_id(candidate)
+    for key in id_candidates(raw_id):
         row = conn.execute(
             sql.SQL(
                 "SELECT e.version, e.state, (SELECT count(*) FROM {s}.pending p WHERE p.kind = e.kind AND p.id = e.id) "
@@ -1183,7 +1172,7 @@ def _inspect_entity(conn: Connection, s: sql.Identifier, kind: str, raw_id: str,
             {"kind": kind, "id": key},
         ).fetchone()
         if row is not None:
-            found.append((candidate, row))
+            found.append((load_json(key), row))
     if not found:
         print(f"error: {kind} {raw_id} has no stored state (never activated: its state is what its init "
               "returns), or the kind is not stored here", file=out)
@@ -1194,7 +1183,7 @@ def _inspect_entity(conn: Connection, s: sql.Identifier, kind: str, raw_id: str,
         return 1
     entity_id, (version, data, pending) = found[0]
     try:
-        record = json.loads(bytes(data).decode("utf-8", "surrogatepass"))
+        record = load_json(data)
         state_version, state = record["v"], record["s"]
     except (ValueError, KeyError, TypeError) as exc:
         print(f"error: the stored state of {kind} {raw_id} is corrupt: {exc}", file=out)
