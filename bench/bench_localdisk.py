@@ -54,8 +54,8 @@ class CountingDisk(LocalDisk[Counter]):
 
     commits = 0
 
-    def _commit(self, batch: Batch, dead: list[tuple[Item, ActivationError]]) -> None:
-        super()._commit(batch, dead)
+    def _commit(self, batch: Batch) -> None:
+        super()._commit(batch)
         self.commits += 1
 
 

@@ -26,6 +26,7 @@ import dataclasses
 import datetime
 import enum
 import json
+import json.encoder
 import types
 import typing
 import uuid
@@ -41,6 +42,7 @@ from pachyderm_typed._ecosystem import Declaration, EntitySpec
 from pachyderm_typed.errors import CodecError, DeclarationError, UpgradeError
 
 _TAG = "_type"
+_Hook = Callable[[Any], Any]
 _LEAVES = (str, int, float, bool, bytes, type(None), uuid.UUID, datetime.datetime, datetime.date)
 _CONTAINERS = {
     list, tuple, set, frozenset, dict,
@@ -63,12 +65,33 @@ def _is_address(tp: object) -> bool:
     return tp is Address or get_origin(tp) is Address
 
 
+def _json_writer() -> Callable[[object], str]:
+    """``json.dumps`` with the canonical options, built once instead of per call.
+
+    Every activation on a durable store encodes its state, so this is hot: the C
+    encoder from ``json.encoder`` is called directly when the interpreter has it
+    (``json.dumps`` builds a ``JSONEncoder`` and a C encoder on every call). The
+    values are fresh output of the converter, so there is no cycle to check for.
+    """
+    encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=False)
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return encoder.encode
+    try:
+        chunks = make(None, encoder.default, json.encoder.encode_basestring, None, ":", ",", False, False, False)
+    except TypeError:  # a different private signature: use the public encoder
+        return encoder.encode
+    join = "".join
+    return lambda value: join(chunks(value, 0))
+
+
+_write_json = _json_writer()
+
+
 def dump_json(value: object) -> bytes:
     """Canonical JSON bytes: the only encoding of stored records and keys."""
     # surrogatepass: a str id holding lone surrogates (from undecodable bytes) must round-trip.
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode(
-        "utf-8", "surrogatepass"
-    )
+    return _write_json(value).encode("utf-8", "surrogatepass")
 
 
 def load_json(data: bytes) -> Any:
@@ -106,6 +129,11 @@ class Codec:
                         f"{spec.cls.__qualname__} has id type {tp!r}: ids are stored as keys, so give "
                         "them a concrete type (str, int, UUID, or a tuple of these)"
                     )
+        # The converter's hooks, looked up once per entity type rather than on every record.
+        get = converter.get_unstructure_hook
+        self._unstructure: dict[EntitySpec, tuple[_Hook, _Hook, _Hook]] = {
+            spec: (get(spec.id_type), get(spec.message_type), get(spec.state_type)) for spec in declaration.specs
+        }
 
     # -- declaration-time check -----------------------------------------------------
 
@@ -262,7 +290,7 @@ class Codec:
     def encode_id(self, spec: EntitySpec, entity_id: object) -> bytes:
         """Canonical bytes of an id: equal ids give equal bytes (used in keys)."""
         try:
-            return dump_json(self.converter.unstructure(entity_id, spec.id_type))
+            return dump_json(self._unstructure[spec][0](entity_id))
         except Exception as exc:
             raise CodecError(f"cannot store the id {_show(entity_id)} of {spec.kind}: {_why(exc)}") from exc
 
@@ -274,12 +302,15 @@ class Codec:
 
     def encode_state(self, spec: EntitySpec, state: object) -> bytes:
         try:
-            return dump_json({"v": spec.state_version, "s": self.converter.unstructure(state, spec.state_type)})
+            # The record {"v": version, "s": state}, spelled out: this runs once per activation.
+            return f'{{"v":{spec.state_version},"s":{_write_json(self._unstructure[spec][2](state))}}}'.encode(
+                "utf-8", "surrogatepass"
+            )
         except Exception as exc:
             raise CodecError(f"cannot store the state {_show(state)} of {spec.kind}: {_why(exc)}") from exc
 
     def unstructure_state(self, spec: EntitySpec, state: object) -> Any:
-        return self.converter.unstructure(state, spec.state_type)
+        return self._unstructure[spec][2](state)
 
     def decode_state(self, spec: EntitySpec, data: bytes, where: str = "") -> object:
         """Load a state record, upgrading it step by step from older versions."""
@@ -323,13 +354,11 @@ class Codec:
 
     def encode_message(self, envelope: Envelope[Any, Any], reason: str | None = None) -> bytes:
         """A message record; a dead letter's also carries the ``reason`` it failed."""
-        spec = self.declaration.spec_for(envelope.address.entity)
+        address = envelope.address
+        spec = self.declaration.spec_for(address.entity)
+        unstructure_id, unstructure_message, _ = self._unstructure[spec]
         try:
-            record = {
-                "kind": spec.kind,
-                "id": self.converter.unstructure(envelope.address.id, spec.id_type),
-                "m": self.converter.unstructure(envelope.message, spec.message_type),
-            }
+            record = {"kind": spec.kind, "id": unstructure_id(address.id), "m": unstructure_message(envelope.message)}
             if reason is not None:
                 record["reason"] = reason
             return dump_json(record)

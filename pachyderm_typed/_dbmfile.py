@@ -27,10 +27,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +52,19 @@ _BUILD_TABLE = "CREATE TABLE IF NOT EXISTS Dict (key BLOB UNIQUE NOT NULL, value
 _GET = "SELECT value FROM Dict WHERE key = ?"
 _PUT = "REPLACE INTO Dict (key, value) VALUES (?, ?)"
 _DELETE = "DELETE FROM Dict WHERE key = ?"
-_RANGE = "SELECT key, value FROM Dict WHERE key >= ? AND key < ? ORDER BY key"
+_PAGE = "SELECT key, value FROM Dict WHERE key >= ? AND key < ? ORDER BY key LIMIT ?"
 _COUNT = "SELECT COUNT(*) FROM Dict WHERE key >= ? AND key < ?"
 _LAST = "SELECT key FROM Dict WHERE key >= ? AND key < ? ORDER BY key DESC LIMIT 1"
 _FIRST = "SELECT key FROM Dict WHERE key >= ? AND key < ? ORDER BY key LIMIT 1"
+
+
+#: writes of up to this many rows (and no deletes) go to SQLite as one multi-row statement
+ONE_STATEMENT_ROWS = 128
+
+
+@functools.lru_cache(maxsize=ONE_STATEMENT_ROWS)
+def _put_rows(count: int) -> str:
+    return "REPLACE INTO Dict (key, value) VALUES " + ",".join(["(?, ?)"] * count)
 
 
 def prefix_end(prefix: bytes) -> bytes:
@@ -185,12 +196,14 @@ class DbmFile:
     """One LocalDisk file, opened for this process's exclusive use.
 
     Every method raises ``StorageError`` (never a raw ``sqlite3`` error) naming
-    the path. Not thread-safe: the owning ecosystem calls it under its run lock.
+    the path. Calls are serialised by a lock of its own: the ecosystem's
+    committer writes while other threads may read states on a cache miss.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = True, readonly: bool = False) -> None:
         self.path = Path(os.fspath(path)).absolute()
         self.readonly = readonly
+        self._use = threading.Lock()
         self._lock = FileLock(self.path)
         try:
             self.conn = self._connect(create)
@@ -224,7 +237,9 @@ class DbmFile:
                 conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, isolation_level=None,
                                        check_same_thread=False)
             else:
-                conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+                conn = sqlite3.connect(
+                    path, isolation_level=None, check_same_thread=False, cached_statements=2 * ONE_STATEMENT_ROWS
+                )
         except sqlite3.Error as exc:
             raise storage_error(path, "opening the file", exc) from exc
         try:
@@ -300,29 +315,41 @@ class DbmFile:
 
     def get(self, key: bytes) -> bytes | None:
         try:
-            row = self.conn.execute(_GET, (key,)).fetchone()
+            with self._use:
+                row = self.conn.execute(_GET, (key,)).fetchone()
         except sqlite3.Error as exc:
             raise storage_error(self.path, f"reading {key[:80]!r}", exc) from exc
         return None if row is None else bytes(row[0])
 
-    def scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
-        """Records whose key starts with ``prefix``, in key order (from ``start``)."""
+    def scan(self, prefix: bytes, start: bytes | None = None, limit: int = 1000) -> Iterator[tuple[bytes, bytes]]:
+        """Records whose key starts with ``prefix``, in key order (from ``start``).
+
+        Read in pages of ``limit`` rows, so the lock is never held while the caller iterates.
+        """
+        low, high = start or prefix, prefix_end(prefix)
         try:
-            cursor = self.conn.execute(_RANGE, (start or prefix, prefix_end(prefix)))
-            for key, value in cursor:
-                yield bytes(key), bytes(value)
+            while True:
+                with self._use:
+                    rows = self.conn.execute(_PAGE, (low, high, limit)).fetchall()
+                for key, value in rows:
+                    yield bytes(key), bytes(value)
+                if len(rows) < limit:
+                    return
+                low = bytes(rows[-1][0]) + b"\x00"  # the next key after the last one read
         except sqlite3.Error as exc:
             raise storage_error(self.path, f"reading the {prefix.decode()!r} records", exc) from exc
 
     def count(self, prefix: bytes) -> int:
         try:
-            return int(self.conn.execute(_COUNT, (prefix, prefix_end(prefix))).fetchone()[0])
+            with self._use:
+                return int(self.conn.execute(_COUNT, (prefix, prefix_end(prefix))).fetchone()[0])
         except sqlite3.Error as exc:
             raise storage_error(self.path, f"counting the {prefix.decode()!r} records", exc) from exc
 
     def last_key(self, prefix: bytes) -> bytes | None:
         try:
-            row = self.conn.execute(_LAST, (prefix, prefix_end(prefix))).fetchone()
+            with self._use:
+                row = self.conn.execute(_LAST, (prefix, prefix_end(prefix))).fetchone()
         except sqlite3.Error as exc:
             raise storage_error(self.path, f"reading the {prefix.decode()!r} records", exc) from exc
         return None if row is None else bytes(row[0])
@@ -332,7 +359,8 @@ class DbmFile:
         low, high = STATE, prefix_end(STATE)
         try:
             while True:
-                row = self.conn.execute(_FIRST, (low, high)).fetchone()
+                with self._use:
+                    row = self.conn.execute(_FIRST, (low, high)).fetchone()
                 if row is None:
                     return
                 key = bytes(row[0])
@@ -347,24 +375,37 @@ class DbmFile:
 
     # -- writes --------------------------------------------------------------------------
 
-    def write(self, puts: Iterable[tuple[bytes, bytes]], deletes: Iterable[bytes]) -> None:
+    def write(self, puts: Sequence[tuple[bytes, bytes]], deletes: Sequence[bytes]) -> None:
         """Apply every delete then every put in one durable (fsync'd) transaction."""
         conn = self.conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(_DELETE, ((key,) for key in deletes))
-            conn.executemany(_PUT, puts)
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                raise storage_error(self.path, "committing", exc) from exc
-            raise
+        with self._use:
+            if not deletes and 0 < len(puts) <= ONE_STATEMENT_ROWS:
+                # One statement is its own transaction: SQLite is entered once, so the GIL is
+                # taken back once, not after each of BEGIN, every row and COMMIT. Under load
+                # from other threads each of those costs a wait for the GIL.
+                try:
+                    conn.execute(_put_rows(len(puts)), [part for row in puts for part in row])
+                except sqlite3.Error as exc:
+                    raise storage_error(self.path, "committing", exc) from exc
+                return
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                if deletes:
+                    conn.executemany(_DELETE, [(key,) for key in deletes])
+                if puts:
+                    conn.executemany(_PUT, puts)
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise storage_error(self.path, "committing", exc) from exc
+                raise
 
     def close(self) -> None:
         try:
-            self.conn.close()  # checkpoints the WAL into the file and removes it
+            with self._use:
+                self.conn.close()  # checkpoints the WAL into the file and removes it
         finally:
             self._lock.release()

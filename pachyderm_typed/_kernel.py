@@ -17,6 +17,8 @@ from pachyderm_typed._ecosystem import Declaration, EntitySpec
 from pachyderm_typed.errors import ActivationError, SendInsideActivationError
 
 _local = threading.local()
+#: the per-thread activation depth ``activating`` sets, for hot loops that mark it themselves
+thread_marks = _local
 
 
 @contextmanager

@@ -1,38 +1,54 @@
 """The public ecosystem API over one scheduling engine, shared by InMemory and LocalDisk.
 
-Scheduling: one FIFO queue of pending messages per ecosystem, and one run lock.
-Whoever holds the run lock takes messages from the queue, runs them through the
-kernel, commits the batch (a no-op in memory, one transaction on disk), then
-resolves the callers and notifies followers.
+A message goes through three steps:
 
-* ``send_sync``/``send`` called from a plain thread run inline: the caller takes
-  the run lock and processes the queue up to its own message, together with any
-  other caller's message already waiting (so concurrent callers share one commit:
-  group commit). It never runs the cascade its message causes; a background
-  worker thread does.
+1. **process**: under the run lock, a thread takes messages from the FIFO
+   queue, runs them through the kernel and adds the outcome to the *open
+   batch*. The state cache runs ahead of the store from here on;
+2. **seal**: under the run lock, the open batch is closed and queued for
+   commit; later messages go into a new open batch;
+3. **commit and publish**: under the commit lock, sealed batches are committed
+   in order (a no-op in memory, one fsync'd transaction on disk) and then
+   published: callers resolved, followers told.
+
+Commits run outside the run lock, so on disk the next batch is processed while
+the previous one is being written (a pipelined group commit): with many
+senders the fsync overlaps the Python work of the next batch instead of adding
+to it. Whoever processed a batch commits it if nobody else is committing;
+otherwise the committer in charge picks it up before it lets go of the lock,
+and a durable store keeps a committer thread for that (``pipelined``) so an
+inline caller is never kept committing other callers' batches.
+
+* ``send_sync``/``send`` called from a plain thread process inline (no thread
+  hop): the caller processes the queue up to its own message, together with
+  any other caller's message already waiting, but never the cascade its message
+  causes; a background worker thread does that.
 * The async twins never run activations on the event loop: they queue the
-  message, wake the worker, and await a future it resolves after the commit.
+  message, wake the worker, and await a future resolved after the commit.
 
 A single queue gives FIFO per (sender, receiver) and one activation at a time
 per entity. Activations are CPU-bound Python, so a finer lock would buy nothing
-under the GIL.
+under the GIL. Lock order: commit lock, then run lock (a processor holding the
+run lock only ever *tries* the commit lock).
 """
 
 from __future__ import annotations
 
+import _thread
 import asyncio
+import contextlib
 import logging
 import threading
 from collections import deque
-from collections.abc import Mapping, Sequence
-from typing import Any, Generic, TypeVar
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Generic, TypeVar
 
 import attrs
 from typing_extensions import Self
 
 from pachyderm_typed._address import Address, Envelope
 from pachyderm_typed._ecosystem import AnyEntity, Declaration, Ecosystem, EntitySpec
-from pachyderm_typed._kernel import Kernel, activating, forbid_inside_activation
+from pachyderm_typed._kernel import Kernel, forbid_inside_activation, thread_marks
 from pachyderm_typed._subscription import Subscription
 from pachyderm_typed.errors import ActivationError, ClosedError, PachydermError, StorageError
 
@@ -58,41 +74,65 @@ class DeadLetter:
 
 
 class Waiter:
-    """Completion of one queued message: set by the engine after its batch commits."""
+    """Completion of one queued message: set once, after its batch commits (or fails).
+
+    A thread caller blocks in ``wait`` on a lock of its own, so publishing a
+    batch wakes exactly its callers, each once.
+    """
 
     # One per send_sync call: slots keep the hot path free of dict allocations.
-    __slots__ = ("done", "result", "error", "raises")
+    __slots__ = ("done", "result", "error", "raises", "_signal")
 
     def __init__(self, raises: bool) -> None:
         self.done = False
         self.result: object = None
         self.error: BaseException | None = None
         self.raises = raises  # False: a failed activation becomes a dead letter
+        self._signal = _thread.allocate_lock()
+        self._signal.acquire()
 
     def resolve(self, result: object) -> None:
-        self.result = result
-        self.done = True
+        if not self.done:
+            self.result = result
+            self.done = True
+            self._signal.release()
 
     def fail(self, error: BaseException) -> None:
-        self.error = error
-        self.done = True
+        if not self.done:
+            self.error = error
+            self.done = True
+            self._signal.release()
+
+    def wait(self) -> None:
+        if not self.done:
+            self._signal.acquire()
 
 
 class AsyncWaiter(Waiter):
     __slots__ = ("loop", "future")
 
-    def __init__(self, raises: bool) -> None:
-        super().__init__(raises)
+    def __init__(self, raises: bool) -> None:  # no lock: the event loop awaits the future
+        self.done = False
+        self.result = None
+        self.error = None
+        self.raises = raises
         self.loop = asyncio.get_running_loop()
         self.future: asyncio.Future[None] = self.loop.create_future()
 
     def resolve(self, result: object) -> None:
-        super().resolve(result)
-        self._wake()
+        if not self.done:
+            self.result = result
+            self.done = True
+            self._wake()
 
     def fail(self, error: BaseException) -> None:
-        super().fail(error)
-        self._wake()
+        if not self.done:
+            self.error = error
+            self.done = True
+            self._wake()
+
+    def wait(self) -> None:
+        raise RuntimeError("an async caller awaits its future")
 
     def _wake(self) -> None:
         try:
@@ -118,6 +158,29 @@ def _set_done(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+class Doorbell:
+    """Wakes one sleeping thread; rings before it sleeps are not lost, repeated rings merge.
+
+    A bare lock rather than ``threading.Event``: ringing is on every async call's path.
+    """
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = _thread.allocate_lock()
+        self._lock.acquire()
+
+    def ring(self) -> None:
+        if self._lock.locked():
+            try:
+                self._lock.release()
+            except RuntimeError:  # rung by another thread just now
+                pass
+
+    def wait(self) -> None:
+        self._lock.acquire()
+
+
 class Item:
     """One pending message. ``row`` is its key in a durable store, if it is stored."""
 
@@ -131,21 +194,34 @@ class Item:
 
 
 class Batch:
-    """What one drain did, handed to ``_commit`` and then published."""
+    """What was processed between two seals: committed as one, then published.
 
-    __slots__ = ("done", "failed", "produced")
+    ``produced`` holds the outbox items not consumed by the time the batch was
+    sealed (a durable store keeps them as pending messages); ``dead`` the failed
+    activations nobody waits for; ``store`` what a store prepared for its commit.
+    """
+
+    __slots__ = ("seq", "done", "failed", "produced", "dead", "store")
 
     def __init__(self) -> None:
+        self.seq = 0
         self.done: list[tuple[Item, object]] = []  # (item, new state), in order
         self.failed: list[tuple[Item, ActivationError]] = []
-        self.produced: list[Item] = []  # outbox items, some consumed in the same batch
+        self.produced: list[Item] = []
+        self.dead: list[tuple[Item, ActivationError]] = []
+        self.store: Any = None
+
+    def items(self) -> list[Item]:
+        return [*(item for item, _ in self.done), *(item for item, _ in self.failed)]
 
 
 class World(Generic[E]):
     """An ecosystem instance: the public API every environment shares."""
 
-    #: messages processed per commit at most (the worker's batch size)
+    #: messages processed per batch at most (the worker's batch size)
     batch_size = 512
+    #: commits are slow (a durable store): a committer thread commits while others process
+    pipelined: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -158,16 +234,22 @@ class World(Generic[E]):
         self._kernel = Kernel(self._declaration)
         self._queue: deque[Item] = deque()
         self._run_lock = threading.Lock()
-        self._leader = threading.Condition(threading.Lock())
-        self._leading = False  # an inline caller is draining; the others wait on _leader
+        self._commit_lock = threading.Lock()
+        self._open = Batch()  # processed, not sealed
+        self._sealed: deque[Batch] = deque()  # sealed, not yet committed (in order)
+        self._seq = 0  # of the last sealed batch
         self._states: dict[Address[Any, Any, Any], object] = {}
-        self._followers: dict[Address[Any, Any, Any], list[Subscription[Any]]] = {}
+        # (first batch to push, subscription): a follower sees batches sealed after it started
+        self._followers: dict[Address[Any, Any, Any], list[tuple[int, Subscription[Any]]]] = {}
         self._history: deque[tuple[Address[Any, Any, Any], object]] = deque(maxlen=max(history, 0))
         self._dead: dict[int, DeadLetter] = {}
         self._dead_seq = 0
         self._closed = False
-        self._wake = threading.Event()
+        self._released = False
+        self._wake = Doorbell()
         self._worker: threading.Thread | None = None
+        self._commit_wake = Doorbell()
+        self._committer: threading.Thread | None = None
 
     # -- public API -----------------------------------------------------------------
 
@@ -211,55 +293,51 @@ class World(Generic[E]):
         return self._outcome(item)  # type: ignore[return-value]
 
     def state(self, address: Address[E, Any, S]) -> S:
-        """The entity's current committed state, without activating it."""
-        spec = self._spec_for_address(address)
-        with self._run_lock:
-            self._check_open()
-            return self._state_of(spec, address)  # type: ignore[no-any-return]
+        """The entity's current state: every message processed before the call, committed."""
+        return self._settled(address, None)  # type: ignore[no-any-return]
 
     def follow(self, address: Address[E, Any, S]) -> Subscription[S]:
         """Follow the entity: ``.state`` now, then every later committed state, in order."""
-        spec = self._spec_for_address(address)
-        with self._run_lock:
-            self._check_open()
-            subscription: Subscription[S] = Subscription(address, self._state_of(spec, address), self._unfollow)
-            self._followers.setdefault(address, []).append(subscription)
-        return subscription
+        return self._settled(address, self._unfollow)  # type: ignore[no-any-return]
 
     def dead_letters(self) -> list[DeadLetter]:
         """Messages whose activation failed with nobody waiting, oldest first."""
-        with self._run_lock:
+        with self._committing():  # dead letters are written by commits
             return list(self._dead.values())
 
     def retry(self, dead_letter: DeadLetter) -> None:
         """Send a dead letter again (after fixing the cause); it leaves the list."""
         forbid_inside_activation("retry")
-        with self._run_lock:
+        with self._committing():
             self._take_dead_letter(dead_letter)
         self.send(dead_letter.envelope)
 
     def discard(self, dead_letter: DeadLetter) -> None:
         """Drop a dead letter for good."""
-        with self._run_lock:
+        with self._committing():
             self._take_dead_letter(dead_letter)
 
     def close(self) -> None:
-        """Stop the worker, end every subscription, and release the store."""
+        """Commit what was processed, stop the threads, end every subscription, release the store."""
         if self._closed:
             return
         with self._run_lock:
             self._closed = True
-        self._wake.set()
-        worker = self._worker
-        if worker is not None and worker is not threading.current_thread():
-            worker.join()
-        with self._run_lock:
-            self._release()
-            for subscriptions in self._followers.values():
-                for subscription in subscriptions:
-                    subscription._end()
-            self._followers.clear()
-            self._fail_queued()
+        self._wake.ring()
+        self._commit_wake.ring()
+        for thread in (self._worker, self._committer):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join()
+        with self._commit_lock:
+            self._commit_sealed(until=None)  # callers whose messages were processed get their answer
+            with self._run_lock:
+                self._released = True
+                self._release()
+                for entries in self._followers.values():
+                    for _, subscription in entries:
+                        subscription._end()
+                self._followers.clear()
+                self._fail_queued()
 
     def _fail_queued(self) -> None:
         """Fail every caller still queued. Callers append without the run lock, so pop, never iterate."""
@@ -278,7 +356,7 @@ class World(Generic[E]):
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._declaration.name}{' closed' if self._closed else ''}>"
 
-    # -- engine ---------------------------------------------------------------------
+    # -- callers ----------------------------------------------------------------------
 
     def _check_open(self) -> None:
         if self._closed:
@@ -316,31 +394,18 @@ class World(Generic[E]):
             raise waiter.error
 
     def _run_until(self, item: Item) -> None:
+        """A thread caller: process up to ``item`` inline, see it committed, and return."""
         waiter = item.waiter
         assert waiter is not None
-        if not self._leading and self._run_lock.acquire(blocking=False):
-            try:  # uncontended: nobody to share a commit with, skip the leader protocol
-                self._drain_until(item)
-            finally:
-                self._run_lock.release()
-        leader = self._leader
-        while not waiter.done:
-            # Group commit: while one caller drains (its batch takes every caller's message
-            # already queued), the others sleep here rather than queue on the run lock one
-            # by one, and all wake together when its commit is done.
-            with leader:
-                while self._leading and not waiter.done:
-                    leader.wait()
-                if waiter.done:
-                    break
-                self._leading = True
-            try:
-                with self._run_lock:
-                    self._drain_until(item)
-            finally:
-                with leader:
-                    self._leading = False
-                    leader.notify_all()
+        with self._run_lock:
+            if not item.consumed:
+                if self._closed:
+                    waiter.fail(ClosedError(f"{self!r} was closed before {item.envelope!r} was processed"))
+                else:
+                    self._process_queue(item)
+        if not waiter.done:
+            self._flush(waiter)
+            waiter.wait()
         if not waiter.raises and isinstance(waiter.error, PachydermError) and not isinstance(
             waiter.error, ActivationError
         ):
@@ -348,44 +413,35 @@ class World(Generic[E]):
         if self._queue:
             self._kick()
 
-    def _drain_until(self, item: Item) -> None:
-        """Under the run lock: process batches until ``item`` is done (or the world closes)."""
-        waiter = item.waiter
-        assert waiter is not None
-        while not waiter.done:
-            if self._closed:
-                waiter.fail(ClosedError(f"{self!r} was closed before {item.envelope!r} was processed"))
-                break
-            self._drain(item)
-
-    def _kick(self) -> None:
-        if self._worker is None:
-            with self._run_lock:
-                if self._worker is None and not self._closed:
-                    self._worker = threading.Thread(
-                        target=self._work, name=f"pachyderm-{self._declaration.name}", daemon=True
-                    )
-                    self._worker.start()
-        if not self._wake.is_set():  # the worker clears it before it looks at the queue
-            self._wake.set()
-
-    def _work(self) -> None:
-        while not self._closed:
-            self._wake.wait()
-            self._wake.clear()
-            while self._queue and not self._closed:
+    def _settled(self, address: Address[Any, Any, Any], on_close: Any) -> Any:
+        """The state after every message processed so far, once committed; with ``on_close``,
+        a subscription to it, registered so that it is pushed every later batch."""
+        spec = self._spec_for_address(address)
+        for attempt in (1, 2):
+            with self._committing():  # nobody else publishes until what we read is committed
                 with self._run_lock:
-                    if self._closed:
-                        break
-                    try:
-                        self._drain(None)
-                    except Exception:  # a store failure: reported to the waiters, logged here
-                        logger.exception("pachyderm-typed: a batch failed to commit")
-                with self._leader:
-                    self._leader.notify_all()  # inline callers whose messages this batch took
+                    self._check_open()
+                    state = self._state_of(spec, address)
+                    if self._open.done or self._open.failed:
+                        self._seal()
+                    last = self._seq
+                    subscription = None
+                    if on_close is not None:
+                        subscription = Subscription(address, state, on_close)
+                        self._followers.setdefault(address, []).append((last + 1, subscription))
+                error = self._commit_sealed(until=last)
+            if error is None:
+                return state if subscription is None else subscription
+            if subscription is not None:
+                self._unfollow(subscription)
+            if attempt == 2:  # the store failed twice in a row: report it
+                raise error
+        raise AssertionError("unreachable")
 
-    def _drain(self, target: Item | None) -> None:
-        """Under the run lock: process one batch, commit it, then publish it.
+    # -- processing (under the run lock) -------------------------------------------------
+
+    def _process_queue(self, target: Item | None) -> None:
+        """Process queued messages into the open batch.
 
         With a ``target`` (an inline caller), stop once it is processed and the
         next message is a cascade rather than another caller's; otherwise take
@@ -397,12 +453,15 @@ class World(Generic[E]):
         kernel = self._kernel
         history = self._history
         recent = self._recent_messages
-        batch = Batch()
+        batch = self._open
         done, failed, produced = batch.done, batch.failed, batch.produced
         limit = self.batch_size
         reached = target is None
         count = 0
-        with activating():
+        marks = thread_marks
+        depth = getattr(marks, "depth", 0)
+        marks.depth = depth + 1  # activating(), without a generator on the hot path
+        try:
             while queue and count < limit:
                 if reached and target is not None and queue[0].waiter is None:
                     break
@@ -437,21 +496,135 @@ class World(Generic[E]):
                         produced.append(child)
                 if item is target:
                     reached = True
-        dead = [(item, error) for item, error in failed if item.waiter is None or not item.waiter.raises]
-        try:
-            self._commit(batch, dead)
-        except BaseException as exc:
-            self._commit_failed(batch, exc)
-            raise
-        self._publish(batch, dead)
+        finally:
+            marks.depth = depth
+
+    def _seal(self) -> None:
+        """Close the open batch and queue it for commit (the open batch is not empty)."""
+        batch = self._open
+        self._open = Batch()
+        self._seq += 1
+        batch.seq = self._seq
+        if batch.produced:
+            batch.produced = [item for item in batch.produced if not item.consumed]
+        if batch.failed:
+            batch.dead = [(i, error) for i, error in batch.failed if i.waiter is None or not i.waiter.raises]
+        self._sealing(batch)
+        self._sealed.append(batch)
 
     def _recent_messages(self, address: Address[Any, Any, Any]) -> Sequence[object]:
         """What the entity received before the message being processed (the newest entry)."""
         messages = [message for a, message in self._history if a == address][:-1]
         return messages[-HISTORY_PER_ENTITY:]
 
-    def _publish(self, batch: Batch, dead: list[tuple[Item, ActivationError]]) -> None:
+    # -- committing (under the commit lock) ----------------------------------------------
+
+    def _has_work(self) -> bool:
+        open_batch = self._open
+        return bool(self._sealed or open_batch.done or open_batch.failed)
+
+    def _flush(self, own: Waiter | None) -> None:
+        """Commit and publish what was processed, in order.
+
+        An inline caller (``own``) commits while nobody else does, and stops
+        once its own message is published. If another thread holds the commit
+        lock, a durable store leaves the batch to it: every committer looks for
+        new work after letting go of the lock.
+        """
+        lock = self._commit_lock
+        block = not self.pipelined
+        while self._has_work():
+            if not lock.acquire(blocking=block):
+                return
+            try:
+                self._commit_sealed(until=None, own=own)
+            finally:
+                lock.release()
+            if own is not None and own.done:
+                break
+        self._handed_back()
+
+    @contextlib.contextmanager
+    def _committing(self) -> Iterator[None]:
+        """Hold the commit lock (no batch is published meanwhile); hand back what others processed."""
+        with self._commit_lock:
+            yield
+        self._handed_back()
+
+    def _handed_back(self) -> None:
+        """After releasing the commit lock: hand what others processed meanwhile to the committer."""
+        if self.pipelined and self._has_work():
+            self._kick_committer()
+
+    def _commit_sealed(self, until: int | None, own: Waiter | None = None) -> StorageError | None:
+        """Holding the commit lock: commit and publish sealed batches in order.
+
+        ``until``: up to that batch; None: until nothing is processed and not
+        committed (sealing the open batch as it goes), or until ``own`` is done.
+        Returns the error of a failed commit, if one failed.
+        """
+        error = None
+        committed: Batch | None = None
+        while True:
+            with self._run_lock:
+                if committed is not None:
+                    self._committed(committed)
+                    committed = None
+                if own is not None and own.done:
+                    return error  # the rest is handed back (see _handed_back)
+                sealed = self._sealed
+                if until is None and not sealed and (self._open.done or self._open.failed):
+                    self._seal()
+                if not sealed or (until is not None and sealed[0].seq > until):
+                    return error
+                batch = sealed.popleft()
+            if self._released:  # close() ran; nothing can be written any more
+                self._fail_batches([batch], ClosedError(f"{self!r} was closed before committing"))
+                continue
+            try:
+                self._commit(batch)
+            except BaseException as exc:
+                error = self._commit_failed_all(batch, exc)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            self._publish(batch)
+            committed = batch
+
+    def _commit_failed_all(self, batch: Batch, exc: BaseException) -> StorageError:
+        """A commit failed: it and every batch processed after it (built on its states) fail."""
+        failure = exc if isinstance(exc, StorageError) else StorageError(
+            f"{self!r}: committing failed ({type(exc).__name__}: {exc}); nothing was changed"
+        )
+        logger.error("pachyderm-typed: a batch failed to commit: %s", failure)
+        with self._run_lock:
+            later = [*self._sealed, self._open]
+            self._sealed.clear()
+            self._open = Batch()
+            queue = self._queue
+            abandoned = []
+            while queue:  # callers append without the run lock: pop, never iterate
+                abandoned.append(queue.popleft())
+            for failed in (batch, *later):
+                for item in failed.items():
+                    if item.waiter is not None:
+                        item.waiter.fail(failure)
+            for item in abandoned:
+                if item.waiter is not None:
+                    item.waiter.fail(failure)
+            self._reset_after_failure(failure)
+        self._back_off()
+        return failure
+
+    def _fail_batches(self, batches: list[Batch], error: BaseException) -> None:
+        for batch in batches:
+            for item in batch.items():
+                if item.waiter is not None:
+                    item.waiter.fail(error)
+
+    def _publish(self, batch: Batch) -> None:
         followers = self._followers
+        seq = batch.seq
         # One cross-thread wake-up per event loop per batch, not one per awaiting task.
         wakes: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         for item, new_state in batch.done:
@@ -461,23 +634,74 @@ class World(Generic[E]):
                     waiter.result = new_state
                     waiter.done = True
                     wakes.setdefault(waiter.loop, []).append(waiter.future)
-                else:
-                    waiter.resolve(new_state)
+                elif not waiter.done:  # Waiter.resolve, inlined: this loop is the hot path
+                    waiter.result = new_state
+                    waiter.done = True
+                    waiter._signal.release()
             if followers:
-                subscriptions = followers.get(item.envelope.address)
-                if subscriptions:
-                    for subscription in subscriptions:
-                        subscription._push(new_state)
+                entries = followers.get(item.envelope.address)
+                if entries:
+                    for since, subscription in tuple(entries):
+                        if seq >= since:
+                            subscription._push(new_state)
         for item, error in batch.failed:
             if item.waiter is not None:
                 item.waiter.fail(error)
-        for item, error in dead:
+        for item, error in batch.dead:
             logger.warning("pachyderm-typed: dead letter %r: %s", item.envelope, error.reason)
         for loop, futures in wakes.items():
             try:
                 loop.call_soon_threadsafe(_set_all_done, futures)
             except RuntimeError:  # that loop is closed; nobody is waiting any more
                 pass
+
+    # -- threads ---------------------------------------------------------------------
+
+    def _kick(self) -> None:
+        if self._worker is None:
+            self._start("_worker", self._work)
+        self._wake.ring()
+
+    def _kick_committer(self) -> None:
+        if self._committer is None:
+            self._start("_committer", self._commit_loop)
+        self._commit_wake.ring()
+
+    def _start(self, attribute: str, target: Any) -> None:
+        with self._run_lock:
+            if getattr(self, attribute) is None and not self._closed:
+                thread = threading.Thread(
+                    target=target, name=f"pachyderm-{self._declaration.name}{attribute}", daemon=True
+                )
+                setattr(self, attribute, thread)
+                thread.start()
+
+    def _work(self) -> None:
+        """The worker: cascades and async callers' messages."""
+        while not self._closed:
+            self._wake.wait()  # consumes the ring: a ring from now on means "look again"
+            while self._queue and not self._closed:
+                with self._run_lock:
+                    if self._closed:
+                        break
+                    self._process_queue(None)
+                    full = len(self._open.done) + len(self._open.failed) >= self.batch_size
+                if not full and self.pipelined:
+                    self._flush(None)  # commit here if the disk is free, else leave it to the committer
+                else:  # in memory, or the committer is behind: commit here (back-pressure)
+                    self._commit_here()
+
+    def _commit_loop(self) -> None:
+        """The committer of a durable store: commits while others process."""
+        while True:
+            self._commit_wake.wait()
+            if self._closed:
+                return
+            self._commit_here()
+
+    def _commit_here(self) -> None:
+        with self._committing():
+            self._commit_sealed(until=None)
 
     def _state_of(self, spec: EntitySpec, address: Address[Any, Any, Any]) -> Any:
         state = self._states.get(address, MISSING)
@@ -487,10 +711,10 @@ class World(Generic[E]):
 
     def _unfollow(self, subscription: Subscription[Any]) -> None:
         with self._run_lock:
-            subscriptions = self._followers.get(subscription.address)
-            if subscriptions and subscription in subscriptions:
-                subscriptions.remove(subscription)
-                if not subscriptions:
+            entries = self._followers.get(subscription.address)
+            if entries:
+                entries[:] = [entry for entry in entries if entry[1] is not subscription]
+                if not entries:
                     del self._followers[subscription.address]
 
     # -- store hooks (in memory here; durable ecosystems override) -------------------
@@ -502,15 +726,24 @@ class World(Generic[E]):
         """The state of an entity not in the cache: the stored one, or ``init``."""
         return self._kernel.initial_state(spec, address)
 
-    def _commit(self, batch: Batch, dead: list[tuple[Item, ActivationError]]) -> None:
-        """Make the batch durable. In memory, only dead letters need keeping."""
-        for item, error in dead:
+    def _sealing(self, batch: Batch) -> None:
+        """Under the run lock: a batch is being sealed; prepare what its commit needs."""
+
+    def _commit(self, batch: Batch) -> None:
+        """Under the commit lock (not the run lock): make the batch durable."""
+        for item, error in batch.dead:
             self._dead_seq += 1
             self._dead[self._dead_seq] = DeadLetter(self._dead_seq, item.envelope, str(error))
 
-    def _commit_failed(self, batch: Batch, error: BaseException) -> None:
-        """Undo the in-memory effects of a batch whose commit failed."""
-        raise NotImplementedError
+    def _committed(self, batch: Batch) -> None:
+        """Under both locks, after ``batch`` was published."""
+
+    def _reset_after_failure(self, failure: StorageError) -> None:
+        """Under both locks: a commit failed; forget what was in flight (the store is unchanged)."""
+        raise AssertionError("this store's commits cannot fail") from failure
+
+    def _back_off(self) -> None:
+        """Under the commit lock only, after a failed commit."""
 
     def _take_dead_letter(self, dead_letter: DeadLetter) -> None:
         if self._dead.pop(dead_letter.id, None) is None:

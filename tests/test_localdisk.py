@@ -29,7 +29,6 @@ from pachyderm_typed import (
     UpgradeError,
 )
 from pachyderm_typed.ecosystems import LocalDisk
-from pachyderm_typed.ecosystems._localdisk import _StateCache
 from pachyderm_typed._world import Batch, Item
 from tests.entities import App, Counter, Increment, Picky, Ping, PingPong, Unlock, Work
 from tests.helpers_localdisk.workload import Entry, Fan, Log, Spread
@@ -390,7 +389,7 @@ def test_idle_entities_are_evicted_and_reload_transparently(tmp_path: Path) -> N
         for round_no in range(1, 4):
             for n in range(200):
                 assert world.send_sync(Counter.post(f"c{n}", Increment())) == round_no
-            assert isinstance(world._states, _StateCache)
+            assert world._states is world._cache
             assert len(world._states) <= 10
         assert [world.state(Counter.address(f"c{n}")) for n in range(200)] == [3] * 200
 
@@ -433,8 +432,8 @@ class CountingDisk(LocalDisk[Any]):
 
     commits = 0
 
-    def _commit(self, batch: Batch, dead: list[tuple[Item, ActivationError]]) -> None:
-        super()._commit(batch, dead)
+    def _commit(self, batch: Batch) -> None:
+        super()._commit(batch)
         self.commits += 1
 
 

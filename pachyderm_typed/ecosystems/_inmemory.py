@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from pachyderm_typed._world import Batch, World
+from pachyderm_typed._world import World
 
 E = TypeVar("E")
 
@@ -17,6 +17,3 @@ class InMemory(World[E]):
     tests can open one per test. Messages still queued at ``close()`` are
     dropped (their async senders get ``ClosedError``).
     """
-
-    def _commit_failed(self, batch: Batch, error: BaseException) -> None:
-        raise AssertionError("an in-memory commit cannot fail") from error

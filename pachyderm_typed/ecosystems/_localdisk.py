@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,22 +38,6 @@ logger = logging.getLogger("pachyderm_typed")
 E = TypeVar("E")
 
 DEFAULT_CACHE_SIZE = 10_000
-
-
-class _StateCache(OrderedDict[Address[Any, Any, Any], object]):
-    """The engine's state cache, in order of last write; trimmed only after a commit.
-
-    Trimming between commits could evict a state that is newer than the file,
-    and reloading it would lose an update: so ``trim`` runs once per commit.
-    """
-
-    def __setitem__(self, key: Address[Any, Any, Any], value: object) -> None:
-        super().__setitem__(key, value)
-        self.move_to_end(key)
-
-    def trim(self, size: int) -> None:
-        while len(self) > size:
-            self.popitem(last=False)
 
 
 class _StoringKernel(Kernel):
@@ -77,11 +60,11 @@ class _StoringKernel(Kernel):
         state: object,
         history: Callable[[Address[Any, Any, Any]], Sequence[object]],
     ) -> tuple[Sequence[Envelope[Any, Any]], object]:
-        outbox, new_state = super().activate(spec, address, message, state, history)
+        outbox, new_state = Kernel.activate(self, spec, address, message, state, history)
         codec = self.codec
         try:
             data = codec.encode_state(spec, new_state)
-            encoded = [(envelope, codec.encode_message(envelope)) for envelope in outbox]
+            encoded = [(envelope, codec.encode_message(envelope)) for envelope in outbox] if outbox else ()
         except CodecError as exc:
             raise ActivationError(
                 address, message, state, history(address), f"what it returned cannot be stored: {exc}"
@@ -91,15 +74,28 @@ class _StoringKernel(Kernel):
             self.messages[id(envelope)] = (envelope, message_data)
         return outbox, new_state
 
-    def message_data(self, envelope: Envelope[Any, Any]) -> bytes:
-        entry = self.messages.get(id(envelope))
-        if entry is not None and entry[0] is envelope:
-            return entry[1]
-        return self.codec.encode_message(envelope)
+    def take(self) -> _Encoded:
+        """What the open batch's activations returned, encoded; the next batch starts afresh."""
+        encoded = _Encoded(self.states, self.messages)
+        self.states, self.messages = {}, {}
+        return encoded
 
     def clear(self) -> None:
-        self.states.clear()
-        self.messages.clear()
+        self.states, self.messages = {}, {}
+
+
+class _Encoded:
+    """A sealed batch's encoded states and outgoing messages, for its commit."""
+
+    __slots__ = ("states", "messages")
+
+    def __init__(
+        self,
+        states: dict[Address[Any, Any, Any], tuple[EntitySpec, bytes]],
+        messages: dict[int, tuple[Envelope[Any, Any], bytes]],
+    ) -> None:
+        self.states = states
+        self.messages = messages
 
 
 class LocalDisk(World[E]):
@@ -114,7 +110,14 @@ class LocalDisk(World[E]):
     ``cache_size`` bounds how many entity states stay in memory; the rest load
     from the file on demand. ``history`` is the number of recent messages kept
     for ``ActivationError`` reports.
+
+    Commits are pipelined: while one batch is being written and fsync'd, the
+    next is processed (by the callers themselves, or the worker for asyncio
+    callers and cascades), and a committer thread writes it as soon as the
+    disk is free. Each caller still returns only after its own batch is durable.
     """
+
+    pipelined = True
 
     def __init__(
         self,
@@ -134,9 +137,11 @@ class LocalDisk(World[E]):
         self._codec = Codec(self._declaration)  # raises DeclarationError before the file is touched
         self._storing = _StoringKernel(self._declaration, self._codec)
         self._kernel = self._storing
-        self._cache = _StateCache()
+        # The engine's state cache: a dict kept in order of last commit (see _committed).
+        self._cache: dict[Address[Any, Any, Any], object] = {}
         self._states = self._cache
         self._cache_size = cache_size
+        self._keys: dict[Address[Any, Any, Any], bytes] = {}  # state keys of recently used entities
         self._failures = 0  # consecutive failed commits
         self._file = DbmFile(path)
         self.path: Path = self._file.path
@@ -160,14 +165,14 @@ class LocalDisk(World[E]):
 
     def dead_letters(self) -> list[DeadLetter]:
         """Persisted dead letters, oldest first (they survive restarts)."""
-        with self._run_lock:
+        with self._committing():
             self._check_open()
             return [self._dead_letter(key, data) for key, data in self._file.scan(DEAD)]
 
     def retry(self, dead_letter: DeadLetter) -> None:
         """Send a dead letter again: it moves back to pending atomically, then is delivered."""
         forbid_inside_activation("retry")
-        with self._run_lock:
+        with self._committing():
             dead_key = self._stored_dead_letter(dead_letter)
             row = seq_key(PENDING, self._next_pending)
             self._next_pending += 1
@@ -182,67 +187,87 @@ class LocalDisk(World[E]):
         # It may have to be stored (as a dead letter): unstorable is a CodecError now, not at commit.
         self._codec.encode_message(envelope)
 
-    def _state_key(self, spec: EntitySpec, entity_id: object) -> bytes:
-        return state_key(spec.kind, self._codec.encode_id(spec, entity_id))
+    def _state_key(self, spec: EntitySpec, address: Address[Any, Any, Any]) -> bytes:
+        keys = self._keys
+        key = keys.get(address)
+        if key is None:
+            if len(keys) > 2 * self._cache_size:
+                keys.clear()
+            key = keys[address] = state_key(spec.kind, self._codec.encode_id(spec, address.id))
+        return key
 
     def _load(self, spec: EntitySpec, address: Address[Any, Any, Any]) -> object:
-        data = self._file.get(self._state_key(spec, address.id))
+        data = self._file.get(self._state_key(spec, address))
         if data is None:
             return self._kernel.initial_state(spec, address)
         return self._codec.decode_state(spec, data, where=f"{address!r} in {self.path}")
 
-    def _commit(self, batch: Batch, dead: list[tuple[Item, ActivationError]]) -> None:
-        storing = self._storing
+    def _sealing(self, batch: Batch) -> None:
+        batch.store = self._storing.take()
+
+    def _commit(self, batch: Batch) -> None:
+        encoded: _Encoded = batch.store
+        state_key_of = self._state_key
         puts: list[tuple[bytes, bytes]] = [
-            (self._state_key(spec, address.id), data) for address, (spec, data) in storing.states.items()
+            (state_key_of(spec, address), data) for address, (spec, data) in encoded.states.items()
         ]
         deletes = [item.row for item, _ in batch.done if item.row is not None]
         deletes.extend(item.row for item, _ in batch.failed if item.row is not None)
         rows: list[tuple[Item, bytes]] = []
+        messages = encoded.messages
         for item in batch.produced:
-            if not item.consumed:
-                row = seq_key(PENDING, self._next_pending)
-                self._next_pending += 1
-                puts.append((row, storing.message_data(item.envelope)))
-                rows.append((item, row))
-        for item, error in dead:
+            row = seq_key(PENDING, self._next_pending)
+            self._next_pending += 1
+            entry = messages.get(id(item.envelope))
+            data = entry[1] if entry is not None and entry[0] is item.envelope else self._codec.encode_message(item.envelope)
+            puts.append((row, data))
+            rows.append((item, row))
+        for item, error in batch.dead:
             puts.append((seq_key(DEAD, self._next_dead), self._codec.encode_message(item.envelope, str(error))))
             self._next_dead += 1
         if puts or deletes:
             self._file.write(puts, deletes)
         self._failures = 0
-        storing.clear()
         for item, row in rows:
-            item.row = row
-        self._cache.trim(self._cache_size)
+            item.row = row  # a later batch that consumes it deletes the row
 
-    def _commit_failed(self, batch: Batch, error: BaseException) -> None:
+    def _committed(self, batch: Batch) -> None:
+        cache = self._cache
+        written: dict[Address[Any, Any, Any], Any] = batch.store.states
+        for address in written:  # most recently committed last
+            if address in cache:
+                cache[address] = cache.pop(address)
+        excess = len(cache) - self._cache_size
+        if excess <= 0:
+            return
+        # Evict the least recently committed states, never one written by a batch that is not
+        # durable yet: reloading it from the file would lose that update.
+        dirty = [self._storing.states, *(sealed.store.states for sealed in self._sealed)]
+        evict = []
+        for address in cache:
+            if not any(address in states for states in dirty):
+                evict.append(address)
+                if len(evict) == excess:
+                    break
+        for address in evict:
+            del cache[address]
+
+    def _reset_after_failure(self, failure: StorageError) -> None:
         """The file is unchanged: forget everything in flight and start again from the file."""
         self._storing.clear()
         self._cache.clear()
-        failure = error if isinstance(error, StorageError) else StorageError(
-            f"{self.path}: committing failed ({type(error).__name__}: {error}); nothing was changed"
-        )
-        # Callers append to the queue without the run lock, so take items out one at a time:
-        # iterating it while they append raised RuntimeError and left failed callers' messages
-        # queued (applied later, then again when retried); an append between a scan and
-        # clear() would have been dropped with its caller waiting forever. A message appended
-        # after this loop is a new call: it stays and runs normally.
-        queue = self._queue
-        abandoned = []
-        while queue:
-            abandoned.append(queue.popleft())  # the only taker: we hold the run lock
-        for item in [*(item for item, _ in batch.done), *(item for item, _ in batch.failed), *abandoned]:
-            if item.waiter is not None and not item.waiter.done:
-                item.waiter.fail(failure)
         try:
-            queue.extendleft(reversed(self._stored_pending()))  # ahead of any newer call
+            self._queue.extendleft(reversed(self._stored_pending()))  # ahead of any newer call
         except StorageError:
             logger.exception("pachyderm-typed: cannot reload pending messages from %s", self.path)
-        # The worker retries reloaded messages at once: back off while the disk keeps failing.
         self._failures += 1
+
+    def _back_off(self) -> None:
+        # The worker retries reloaded messages at once: back off while the disk keeps failing.
         if self._failures > 1:
             time.sleep(min(1.0, 0.01 * 2 ** min(self._failures, 7)))
+        if self._queue:
+            self._kick()
 
     def _take_dead_letter(self, dead_letter: DeadLetter) -> None:
         self._file.write((), [self._stored_dead_letter(dead_letter)])

@@ -219,7 +219,7 @@ class Simulation(World[E]):
         self._run_to_quiescence()
 
     def _run_to_quiescence(self) -> None:
-        with self._run_lock:
+        with self._commit_lock:
             start = len(self._history)
             while self._queue and not self._closed:
                 if len(self._history) - start >= self._max_steps:
@@ -229,7 +229,9 @@ class Simulation(World[E]):
                         "meant to run that long, raise Simulation(..., max_steps=...); otherwise look for a "
                         "message loop with simulation.run(envelopes, max_steps=...)"
                     )
-                self._drain(None)
+                with self._run_lock:
+                    self._process_queue(None)
+                self._commit_sealed(until=None)
 
     def _recent_messages(self, address: Address[Any, Any, Any]) -> Sequence[object]:
         return [message for a, message in self._history if a == address][:-1]

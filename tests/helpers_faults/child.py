@@ -54,7 +54,11 @@ def say(line: str) -> None:
 
 
 class _HookedConnection:
-    """Stands in for the store's ``sqlite3.Connection``; hooks only the COMMIT statement."""
+    """Stands in for the store's ``sqlite3.Connection``; hooks only the statements that commit.
+
+    Those are COMMIT, and a write outside a transaction: the store sends a small batch
+    of puts as one multi-row REPLACE, which is its own transaction.
+    """
 
     def __init__(self, conn: Any, hook: Any) -> None:
         self._conn = conn
@@ -64,7 +68,7 @@ class _HookedConnection:
         return getattr(self._conn, name)
 
     def execute(self, sql: str, *args: Any) -> Any:
-        if sql == "COMMIT":
+        if sql == "COMMIT" or (sql.startswith("REPLACE") and not self._conn.in_transaction):
             return self._hook(lambda: self._conn.execute(sql, *args))
         return self._conn.execute(sql, *args)
 
@@ -100,10 +104,10 @@ def install_hook(world: LocalDisk[Any]) -> None:
 
     real_commit = world._commit  # noqa: SLF001
 
-    def commit(batch: Any, dead: Any) -> None:
+    def commit(batch: Any) -> None:
         batch_now.append(batch)
         try:
-            real_commit(batch, dead)
+            real_commit(batch)
         finally:
             batch_now.pop()
 
