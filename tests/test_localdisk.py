@@ -488,3 +488,120 @@ def test_a_failed_commit_changes_nothing_and_work_resumes(tmp_path: Path) -> Non
         world.send_sync(Fan.post("f", Spread("l", 3)))
         wait_for(lambda: len(world.state(Log.address("l"))) == 4, "the fan-out")
         assert world.state(Log.address("l")) == (1, 0, 1, 2)
+
+
+# -- pipelined commits ------------------------------------------------------------------------
+
+
+class HeldDisk(LocalDisk[Any]):
+    """Lets the test hold the first commit of an entity's message, to put another batch in flight behind it."""
+
+    hold: str | None = None
+    held = threading.Event()
+    go = threading.Event()
+
+    def _commit(self, batch: Batch) -> None:
+        if self.hold is not None and any(item.envelope.address.id == self.hold for item, _ in batch.done):
+            self.hold = None
+            self.held.set()
+            assert self.go.wait(WAIT)
+        super()._commit(batch)
+
+
+def _held(path: Path, hold: str) -> HeldDisk:
+    world = HeldDisk(App, path)
+    world.hold, world.held, world.go = hold, threading.Event(), threading.Event()
+    return world
+
+
+def _call(world: LocalDisk[Any], entity: str, results: dict[str, object]) -> threading.Thread:
+    def run() -> None:
+        try:
+            results[entity] = world.send_sync(Counter.post(entity, Increment()))
+        except Exception as exc:  # noqa: BLE001 - the test inspects what the caller got
+            results[entity] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_a_batch_is_processed_while_the_previous_one_commits(tmp_path: Path) -> None:
+    results: dict[str, object] = {}
+    with _held(tmp_path / "pipe.db", hold="a") as world:
+        first = _call(world, "a", results)
+        assert world.held.wait(WAIT)  # a's batch is committing
+        second = _call(world, "b", results)
+        wait_for(lambda: bool(world._open.done), "b processed while a's commit is in flight")
+        assert results == {}  # neither is durable yet, so neither caller has an answer
+        world.go.set()
+        first.join(WAIT)
+        second.join(WAIT)
+        assert results == {"a": 1, "b": 1}
+    with LocalDisk(App, tmp_path / "pipe.db") as world:
+        assert world.state(Counter.address("a")) == world.state(Counter.address("b")) == 1
+
+
+def test_a_failed_commit_fails_the_batches_behind_it_and_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    results: dict[str, object] = {}
+    with _held(tmp_path / "fail.db", hold="a") as world:
+        assert world.send_sync(Counter.post("b", Increment())) == 1
+        first = _call(world, "a", results)
+        assert world.held.wait(WAIT)
+        second = _call(world, "b", results)  # processed on top of a's uncommitted batch
+        wait_for(lambda: bool(world._open.done), "b processed while a's commit is in flight")
+        with world._file._use:
+            world._file.conn.execute("PRAGMA query_only = 1")  # SQLite now refuses every write
+        world.go.set()
+        first.join(WAIT)
+        second.join(WAIT)
+        assert isinstance(results["a"], StorageError) and isinstance(results["b"], StorageError)
+        with world._file._use:
+            world._file.conn.execute("PRAGMA query_only = 0")
+        # The cache forgot both batches: states come from the file again.
+        assert world.state(Counter.address("a")) == 0
+        assert world.state(Counter.address("b")) == 1
+        assert world.send_sync(Counter.post("b", Increment())) == 2
+    with LocalDisk(App, tmp_path / "fail.db") as world:
+        assert world.state(Counter.address("a")) == 0
+        assert world.state(Counter.address("b")) == 2
+
+
+def test_state_waits_for_what_was_processed_to_be_durable(tmp_path: Path) -> None:
+    results: dict[str, object] = {}
+    read: list[object] = []
+    with _held(tmp_path / "read.db", hold="a") as world:
+        caller = _call(world, "a", results)
+        assert world.held.wait(WAIT)
+        reader = threading.Thread(target=lambda: read.append(world.state(Counter.address("a"))))
+        reader.start()
+        reader.join(0.2)
+        assert reader.is_alive() and read == []  # 1 is processed but not durable: not shown yet
+        world.go.set()
+        caller.join(WAIT)
+        reader.join(WAIT)
+        assert read == [1] and results == {"a": 1}
+
+
+def test_followers_see_every_committed_state_once_in_order_under_concurrent_senders(tmp_path: Path) -> None:
+    with LocalDisk(App, tmp_path / "follow.db") as world:
+        world.send_sync(Counter.post("shared", Increment()))
+        with world.follow(Counter.address("shared")) as subscription:
+            start = subscription.state
+
+            def sender() -> None:
+                for _ in range(100):
+                    world.send_sync(Counter.post("shared", Increment()))
+
+            async def tasks() -> None:
+                await asyncio.gather(*(world.asend(Counter.post("shared", Increment())) for _ in range(200)))
+
+            threads = [threading.Thread(target=sender) for _ in range(8)]
+            threads.append(threading.Thread(target=lambda: asyncio.run(tasks())))
+            for thread in threads:
+                thread.start()
+            seen = [subscription.next(timeout=WAIT) for _ in range(1000)]
+            for thread in threads:
+                thread.join(WAIT)
+        assert seen == list(range(start + 1, start + 1001))
+        assert world.state(Counter.address("shared")) == start + 1000
