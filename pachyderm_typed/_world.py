@@ -533,15 +533,13 @@ class World(Generic[E]):
         """
         lock = self._commit_lock
         block = not self.pipelined
-        while self._has_work():
+        while self._has_work() and not (own is not None and own.done):
             if not lock.acquire(blocking=block):
                 return
             try:
                 self._commit_sealed(until=None, own=own)
             finally:
                 lock.release()
-            if own is not None and own.done:
-                break
         self._handed_back()
 
     @contextlib.contextmanager
