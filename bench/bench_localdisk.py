@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import collections
 import json
-import os
 import random
 import sqlite3
 import statistics
@@ -39,17 +38,16 @@ import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
 from pachyderm_typed import Ecosystem
 from pachyderm_typed._codec import Codec
 from pachyderm_typed._dbmfile import DbmFile, state_key
-from pachyderm_typed._world import Batch, Item
+from pachyderm_typed._world import Batch
 from pachyderm_typed.ecosystems import LocalDisk
-from pachyderm_typed.errors import ActivationError
 
 from counter import Counter, Increment  # bench/counter.py
 

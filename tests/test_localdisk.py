@@ -29,7 +29,7 @@ from pachyderm_typed import (
     UpgradeError,
 )
 from pachyderm_typed.ecosystems import LocalDisk
-from pachyderm_typed._world import Batch, Item
+from pachyderm_typed._world import Batch
 from tests.entities import App, Counter, Increment, Picky, Ping, PingPong, Unlock, Work
 from tests.helpers_localdisk.workload import Entry, Fan, Log, Spread
 from tests.helpers_localdisk.workload import Work as LogWork
