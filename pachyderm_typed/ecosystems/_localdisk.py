@@ -233,6 +233,8 @@ class LocalDisk(World[E]):
 
     def _committed(self, batch: Batch) -> None:
         cache = self._cache
+        if 2 * len(cache) < self._cache_size:
+            return  # no eviction in sight: keeping the order would cost a dict move per write
         written: dict[Address[Any, Any, Any], Any] = batch.store.states
         for address in written:  # most recently committed last
             if address in cache:
