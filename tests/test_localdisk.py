@@ -20,6 +20,7 @@ import pytest
 from pachyderm_typed import (
     ActivationError,
     AlreadyOpenError,
+    ClosedError,
     CodecError,
     DeclarationError,
     Ecosystem,
@@ -605,3 +606,56 @@ def test_followers_see_every_committed_state_once_in_order_under_concurrent_send
                 thread.join(WAIT)
         assert seen == list(range(start + 1, start + 1001))
         assert world.state(Counter.address("shared")) == start + 1000
+
+
+def test_close_under_load_answers_or_refuses_every_caller_and_keeps_every_answered_call(tmp_path: Path) -> None:
+    """8 threads (some also reading state) and 8 tasks send until close(): nobody hangs,
+    each call is either answered or refused with ClosedError, and the file holds exactly
+    the answered ones (what was processed when close() began is committed and answered)."""
+    for trial in range(3):
+        path = tmp_path / f"close-{trial}.db"
+        world = LocalDisk(App, path)
+        answered = [0]
+        counting = threading.Lock()  # += on a shared int is not atomic across threads
+        unexpected: list[str] = []
+
+        def thread_sender(n: int) -> None:
+            envelope = Counter.post(f"c{n % 3}", Increment())
+            try:
+                while True:
+                    world.send_sync(envelope)
+                    with counting:
+                        answered[0] += 1
+                    if n % 4 == 0:
+                        world.state(Counter.address("c0"))
+            except ClosedError:
+                pass
+            except Exception as exc:  # noqa: BLE001 - reported below
+                unexpected.append(repr(exc))
+
+        async def task_sender(n: int) -> None:
+            try:
+                while True:
+                    await world.asend_sync(Counter.post(f"c{n % 3}", Increment()))
+                    with counting:
+                        answered[0] += 1
+            except ClosedError:
+                pass
+            except Exception as exc:  # noqa: BLE001 - reported below
+                unexpected.append(repr(exc))
+
+        async def tasks() -> None:
+            await asyncio.gather(*(task_sender(n) for n in range(8)))
+
+        senders = [threading.Thread(target=thread_sender, args=(n,)) for n in range(8)]
+        senders.append(threading.Thread(target=lambda: asyncio.run(tasks())))
+        for sender in senders:
+            sender.start()
+        wait_for(lambda: answered[0] > 200, "calls to be answered before closing")
+        world.close()
+        for sender in senders:
+            sender.join(WAIT)
+        assert not [sender for sender in senders if sender.is_alive()], "a caller hangs after close()"
+        assert unexpected == []
+        with LocalDisk(App, path) as reopened:
+            assert sum(reopened.state(Counter.address(f"c{n}")) for n in range(3)) == answered[0]
