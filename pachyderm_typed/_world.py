@@ -147,6 +147,12 @@ def _unloadable(address: Address[Any, Any, Any], message: object, exc: StorageEr
     return error
 
 
+def _fail_items(items: Sequence[Item], error: BaseException) -> None:
+    for item in items:
+        if item.waiter is not None:
+            item.waiter.fail(error)  # a no-op for a waiter already answered
+
+
 def _set_all_done(futures: list[asyncio.Future[None]]) -> None:
     for future in futures:
         if not future.done():
@@ -210,6 +216,9 @@ class Batch:
         self.produced: list[Item] = []
         self.dead: list[tuple[Item, ActivationError]] = []
         self.store: Any = None
+
+    def __len__(self) -> int:  # messages processed into it
+        return len(self.done) + len(self.failed)
 
     def items(self) -> list[Item]:
         return [*(item for item, _ in self.done), *(item for item, _ in self.failed)]
@@ -340,12 +349,18 @@ class World(Generic[E]):
                 self._fail_queued()
 
     def _fail_queued(self) -> None:
-        """Fail every caller still queued. Callers append without the run lock, so pop, never iterate."""
-        queue = self._queue
-        while queue:
-            item = queue.popleft()
-            if item.waiter is not None and not item.waiter.done:
+        """Fail every caller still queued: the world is closed."""
+        for item in self._take_queued():
+            if item.waiter is not None:
                 item.waiter.fail(ClosedError(f"{self!r} was closed before {item.envelope!r} was processed"))
+
+    def _take_queued(self) -> list[Item]:
+        """Empty the queue. Callers append without the run lock, so pop, never iterate."""
+        queue = self._queue
+        taken = []
+        while queue:
+            taken.append(queue.popleft())
+        return taken
 
     def __enter__(self) -> Self:  # `with LocalDisk(...) as world` keeps LocalDisk's own API
         return self
@@ -417,12 +432,12 @@ class World(Generic[E]):
         """The state after every message processed so far, once committed; with ``on_close``,
         a subscription to it, registered so that it is pushed every later batch."""
         spec = self._spec_for_address(address)
-        for attempt in (1, 2):
+        for _ in range(2):  # once more if a commit failed meanwhile: the state is then reread
             with self._committing():  # nobody else publishes until what we read is committed
                 with self._run_lock:
                     self._check_open()
                     state = self._state_of(spec, address)
-                    if self._open.done or self._open.failed:
+                    if self._open:
                         self._seal()
                     last = self._seq
                     subscription = None
@@ -434,9 +449,8 @@ class World(Generic[E]):
                 return state if subscription is None else subscription
             if subscription is not None:
                 self._unfollow(subscription)
-            if attempt == 2:  # the store failed twice in a row: report it
-                raise error
-        raise AssertionError("unreachable")
+        assert error is not None
+        raise error  # the store failed twice in a row
 
     # -- processing (under the run lock) -------------------------------------------------
 
@@ -520,8 +534,7 @@ class World(Generic[E]):
     # -- committing (under the commit lock) ----------------------------------------------
 
     def _has_work(self) -> bool:
-        open_batch = self._open
-        return bool(self._sealed or open_batch.done or open_batch.failed)
+        return bool(self._sealed or self._open)
 
     def _flush(self, own: Waiter | None) -> None:
         """Commit and publish what was processed, in order.
@@ -571,13 +584,13 @@ class World(Generic[E]):
                 if own is not None and own.done:
                     return error  # the rest is handed back (see _handed_back)
                 sealed = self._sealed
-                if until is None and not sealed and (self._open.done or self._open.failed):
+                if until is None and not sealed and self._open:
                     self._seal()
                 if not sealed or (until is not None and sealed[0].seq > until):
                     return error
                 batch = sealed.popleft()
             if self._released:  # close() ran; nothing can be written any more
-                self._fail_batches([batch], ClosedError(f"{self!r} was closed before committing"))
+                _fail_items(batch.items(), ClosedError(f"{self!r} was closed before committing"))
                 continue
             try:
                 self._commit(batch)
@@ -596,29 +609,13 @@ class World(Generic[E]):
         )
         logger.error("pachyderm-typed: a batch failed to commit: %s", failure)
         with self._run_lock:
-            later = [*self._sealed, self._open]
+            later = [item for sealed in (*self._sealed, self._open) for item in sealed.items()]
             self._sealed.clear()
             self._open = Batch()
-            queue = self._queue
-            abandoned = []
-            while queue:  # callers append without the run lock: pop, never iterate
-                abandoned.append(queue.popleft())
-            for failed in (batch, *later):
-                for item in failed.items():
-                    if item.waiter is not None:
-                        item.waiter.fail(failure)
-            for item in abandoned:
-                if item.waiter is not None:
-                    item.waiter.fail(failure)
+            _fail_items([*batch.items(), *later, *self._take_queued()], failure)
             self._reset_after_failure(failure)
         self._back_off()
         return failure
-
-    def _fail_batches(self, batches: list[Batch], error: BaseException) -> None:
-        for batch in batches:
-            for item in batch.items():
-                if item.waiter is not None:
-                    item.waiter.fail(error)
 
     def _publish(self, batch: Batch) -> None:
         followers = self._followers
@@ -683,7 +680,7 @@ class World(Generic[E]):
                     if self._closed:
                         break
                     self._process_queue(None)
-                    full = len(self._open.done) + len(self._open.failed) >= self.batch_size
+                    full = len(self._open) >= self.batch_size
                 if not full and self.pipelined:
                     self._flush(None)  # commit here if the disk is free, else leave it to the committer
                 else:  # in memory, or the committer is behind: commit here (back-pressure)

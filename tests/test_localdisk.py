@@ -497,9 +497,9 @@ def test_a_failed_commit_changes_nothing_and_work_resumes(tmp_path: Path) -> Non
 class HeldDisk(LocalDisk[Any]):
     """Lets the test hold the first commit of an entity's message, to put another batch in flight behind it."""
 
-    hold: str | None = None
-    held = threading.Event()
-    go = threading.Event()
+    hold: str | None
+    held: threading.Event
+    go: threading.Event
 
     def _commit(self, batch: Batch) -> None:
         if self.hold is not None and any(item.envelope.address.id == self.hold for item, _ in batch.done):
