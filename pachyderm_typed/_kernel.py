@@ -16,7 +16,13 @@ from pachyderm_typed._address import Address, Envelope
 from pachyderm_typed._ecosystem import Declaration, EntitySpec
 from pachyderm_typed.errors import ActivationError, SendInsideActivationError
 
-_local = threading.local()
+class _Marks(threading.local):
+    # A class default: a thread that never activated reads 0 without a failed lookup
+    # (``forbid_inside_activation`` is on every send's path).
+    depth = 0
+
+
+_local = _Marks()
 #: the per-thread activation depth ``activating`` sets, for hot loops that mark it themselves
 thread_marks = _local
 
@@ -24,7 +30,7 @@ thread_marks = _local
 @contextmanager
 def activating() -> Iterator[None]:
     """Mark this thread as running activations (entered once per batch, not per message)."""
-    depth = getattr(_local, "depth", 0)
+    depth = _local.depth
     _local.depth = depth + 1
     try:
         yield
@@ -33,7 +39,7 @@ def activating() -> Iterator[None]:
 
 
 def forbid_inside_activation(operation: str) -> None:
-    if getattr(_local, "depth", 0):
+    if _local.depth:
         raise SendInsideActivationError(
             f"{operation}() was called from inside activate(): an entity's only side effects "
             "are the envelopes it returns, so return them in the outbox instead"

@@ -385,7 +385,8 @@ class World(Generic[E]):
     def _enqueue(self, envelope: Envelope[Any, Any], waiter: Waiter) -> Item:
         self._check_open()
         self._declaration.check_envelope(envelope)
-        self._check_storable(envelope)
+        if not waiter.raises:  # a send_sync message is never stored: a failure goes to its caller
+            self._check_storable(envelope)
         item = Item(envelope, waiter)
         self._queue.append(item)
         if self._closed:  # closed while we appended: close() may have missed this item
@@ -473,7 +474,7 @@ class World(Generic[E]):
         reached = target is None
         count = 0
         marks = thread_marks
-        depth = getattr(marks, "depth", 0)
+        depth = marks.depth
         marks.depth = depth + 1  # activating(), without a generator on the hot path
         try:
             while queue and count < limit:
@@ -715,7 +716,7 @@ class World(Generic[E]):
     # -- store hooks (in memory here; durable ecosystems override) -------------------
 
     def _check_storable(self, envelope: Envelope[Any, Any]) -> None:
-        """Refuse, before it is queued, a valid envelope this store could not keep."""
+        """Refuse, before it is queued, a ``send`` this store could not keep as a dead letter."""
 
     def _load(self, spec: EntitySpec, address: Address[Any, Any, Any]) -> object:
         """The state of an entity not in the cache: the stored one, or ``init``."""

@@ -382,6 +382,41 @@ def test_an_unstorable_message_is_rejected_at_send_and_an_unstorable_state_fails
         assert world.state(Keeper.address("k")) == Holder(1)
 
 
+class Glancer(Entity[str, Keep, int]):
+    """Looks at what a message holds, keeps only a count: its messages never need storing."""
+
+    def init(self, entity_id: str) -> int:
+        return 0
+
+    def activate(self, message: Keep, state: int) -> tuple[Outbox, int]:
+        if message.value == "fail":
+            raise ValueError("told to fail")
+        return [], state + 1
+
+
+def test_send_sync_takes_a_message_it_will_never_store_and_send_refuses_it(tmp_path: Path) -> None:
+    path = tmp_path / "glance.db"
+    with LocalDisk(Ecosystem[Glancer], path) as world:
+        # Applied in the commit that accepts it, or failed back to the caller: never a record.
+        assert world.send_sync(Glancer.post("g", Keep(Handle()))) == 1
+        # send might have to keep it as a dead letter, so it is refused before it is queued.
+        with pytest.raises(CodecError, match="cannot store the message"):
+            world.send(Glancer.post("g", Keep(Handle())))
+
+        async def from_a_task() -> None:
+            with pytest.raises(CodecError, match="cannot store the message"):
+                await world.asend(Glancer.post("g", Keep(Handle())))
+            assert await world.asend_sync(Glancer.post("g", Keep(Handle()))) == 2
+
+        asyncio.run(from_a_task())
+        with pytest.raises(ActivationError, match="told to fail"):
+            world.send_sync(Glancer.post("g", Keep("fail")))
+        assert world.dead_letters() == []
+    with LocalDisk(Ecosystem[Glancer], path) as world:
+        assert world.state(Glancer.address("g")) == 2
+        assert world.dead_letters() == []
+
+
 # -- bounded memory --------------------------------------------------------------------------
 
 

@@ -184,7 +184,8 @@ class LocalDisk(World[E]):
     # -- store hooks ----------------------------------------------------------------
 
     def _check_storable(self, envelope: Envelope[Any, Any]) -> None:
-        # It may have to be stored (as a dead letter): unstorable is a CodecError now, not at commit.
+        # If its activation fails it is stored as a dead letter: unstorable is a CodecError now,
+        # not at commit.
         self._codec.encode_message(envelope)
 
     def _state_key(self, spec: EntitySpec, address: Address[Any, Any, Any]) -> bytes:
