@@ -88,6 +88,29 @@ def _declaration() -> Any:
     return Declaration(Bench)
 
 
+class Rate:
+    """A throughput run: activations per second, and CPU per activation over all threads.
+
+    The CPU time (user and system, the whole process, fsync included) shows what
+    each design costs apart from waiting: the wake-ups and the fsync itself.
+    """
+
+    def __init__(self, done: int, elapsed: float, cpu: float, per_commit: float = 0.0) -> None:
+        self.per_second = done / elapsed
+        self.cpu_us = cpu / max(done, 1) * 1e6
+        self.per_commit = per_commit
+
+
+class Stopwatch:
+    """Wall and process CPU time from ``start()`` to ``stop()``."""
+
+    def start(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def stop(self) -> tuple[float, float]:
+        return time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
 # -- anchors ------------------------------------------------------------------------------
 
 
@@ -132,7 +155,7 @@ class MinimalCommitter:
     or the tasks' futures to resolve with one wake-up of their event loop).
     """
 
-    def __init__(self, path: Path, answer: Callable[[list[Any]], None]) -> None:
+    def __init__(self, path: Path, answer: Callable[[list[Any]], object]) -> None:
         self.conn = raw_connection(path)
         self.answer = answer
         self.queue: collections.deque[tuple[bytes, bytes, Any]] = collections.deque()
@@ -168,7 +191,7 @@ class MinimalCommitter:
         self.conn.close()
 
 
-def floor_threads(directory: Path, senders: int, seconds: float) -> float:
+def floor_threads(directory: Path, senders: int, seconds: float) -> Rate:
     def release_all(locks: list[Any]) -> None:
         for lock in locks:
             lock.release()
@@ -190,20 +213,21 @@ def floor_threads(directory: Path, senders: int, seconds: float) -> float:
         counts[slot] = done
 
     threads = [threading.Thread(target=run, args=(slot,)) for slot in range(senders)]
-    start = time.perf_counter()
+    watch = Stopwatch()
+    watch.start()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = watch.stop()
     committer.close()
-    return sum(counts) / elapsed
+    return Rate(sum(counts), elapsed, cpu)
 
 
-def floor_tasks(directory: Path, senders: int, seconds: float) -> float:
+def floor_tasks(directory: Path, senders: int, seconds: float) -> Rate:
     rows = encoded_rows(senders)
 
-    async def main() -> tuple[int, float]:
+    async def main() -> Rate:
         loop = asyncio.get_running_loop()
         committer = MinimalCommitter(
             fresh(directory, f"floor-tasks-{senders}.db"),
@@ -220,14 +244,14 @@ def floor_tasks(directory: Path, senders: int, seconds: float) -> float:
                 await future
                 done[0] += 1
 
-        start = time.perf_counter()
+        watch = Stopwatch()
+        watch.start()
         await asyncio.gather(*(sender(slot) for slot in range(senders)))
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = watch.stop()
         committer.close()
-        return done[0], elapsed
+        return Rate(done[0], elapsed, cpu)
 
-    total, elapsed = asyncio.run(main())
-    return total / elapsed
+    return asyncio.run(main())
 
 
 def _resolve_all(futures: list[asyncio.Future[None]]) -> None:
@@ -253,8 +277,8 @@ def raw_commit_latency(directory: Path, calls: int) -> list[float]:
 # -- LocalDisk ----------------------------------------------------------------------------
 
 
-def threads_rate(directory: Path, senders: int, seconds: float) -> tuple[float, float]:
-    """(activations/s, mean activations per commit) with ``senders`` threads calling send_sync."""
+def threads_rate(directory: Path, senders: int, seconds: float) -> Rate:
+    """``senders`` threads calling send_sync (with the mean activations per commit)."""
     world = CountingDisk(Bench, fresh(directory, f"threads-{senders}.db"))
     counts = [0] * senders
     stop = time.perf_counter() + seconds
@@ -272,21 +296,22 @@ def threads_rate(directory: Path, senders: int, seconds: float) -> tuple[float, 
     threads = [threading.Thread(target=run, args=(slot,)) for slot in range(senders)]
     for thread in threads:
         thread.start()
+    watch = Stopwatch()
     barrier.wait()
-    start = time.perf_counter()
+    watch.start()
     for thread in threads:
         thread.join()
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = watch.stop()
     world.close()
     total = sum(counts)
-    return total / elapsed, total / max(world.commits, 1)
+    return Rate(total, elapsed, cpu, total / max(world.commits, 1))
 
 
-def tasks_rate(directory: Path, senders: int, seconds: float) -> tuple[float, float]:
-    """(activations/s, mean activations per commit) with ``senders`` asyncio tasks awaiting asend_sync."""
+def tasks_rate(directory: Path, senders: int, seconds: float) -> Rate:
+    """``senders`` asyncio tasks awaiting asend_sync (with the mean activations per commit)."""
     world = CountingDisk(Bench, fresh(directory, f"tasks-{senders}.db"))
 
-    async def main() -> tuple[int, float]:
+    async def main() -> Rate:
         await world.asend_sync(Counter.post("warm-up", Increment()))
         world.commits = 0
         stop = time.perf_counter() + seconds
@@ -298,13 +323,15 @@ def tasks_rate(directory: Path, senders: int, seconds: float) -> tuple[float, fl
                 await world.asend_sync(envelope)
                 done[0] += 1
 
-        start = time.perf_counter()
+        watch = Stopwatch()
+        watch.start()
         await asyncio.gather(*(sender(slot) for slot in range(senders)))
-        return done[0], time.perf_counter() - start
+        elapsed, cpu = watch.stop()
+        return Rate(done[0], elapsed, cpu, done[0] / max(world.commits, 1))
 
-    total, elapsed = asyncio.run(main())
+    result = asyncio.run(main())
     world.close()
-    return total / elapsed, total / max(world.commits, 1)
+    return result
 
 
 def send_sync_latency(directory: Path, calls: int) -> list[float]:
@@ -413,7 +440,8 @@ def main() -> None:
         print("Durable activations per second (each sender waits for its own fsync'd commit)")
         print(
             f"{'senders':<18} {'LocalDisk/s':>12} {'per commit':>10} {'raw B=N /s':>11} {'ratio':>6} "
-            f"{'raw B=same /s':>14} {'ratio':>6} {'floor /s':>9} {'ratio':>6} {'floor/raw':>9}"
+            f"{'raw B=same /s':>14} {'ratio':>6} {'floor /s':>9} {'ratio':>6} {'floor/raw':>9} "
+            f"{'CPU us/act':>10} {'floor':>6}"
         )
         raw_cache: dict[int, float] = {}
 
@@ -428,16 +456,19 @@ def main() -> None:
             ("8 asyncio tasks", tasks_rate, floor_tasks, 8),
             ("64 asyncio tasks", tasks_rate, floor_tasks, 64),
         ):
-            rate, per_commit = runner(directory, senders, args.seconds)
+            run = runner(directory, senders, args.seconds)
+            rate = run.per_second
             limit = raw(senders)
-            same = raw(max(1, round(per_commit)))
+            same = raw(max(1, round(run.per_commit)))
             least = floor(directory, senders, args.seconds)
             print(
-                f"{label:<18} {rate:>12,.0f} {per_commit:>10.1f} {limit:>11,.0f} {rate / limit:>6.2f} "
-                f"{same:>14,.0f} {rate / same:>6.2f} {least:>9,.0f} {rate / least:>6.2f} {least / limit:>9.2f}"
+                f"{label:<18} {rate:>12,.0f} {run.per_commit:>10.1f} {limit:>11,.0f} {rate / limit:>6.2f} "
+                f"{same:>14,.0f} {rate / same:>6.2f} {least.per_second:>9,.0f} {rate / least.per_second:>6.2f} "
+                f"{least.per_second / limit:>9.2f} {run.cpu_us:>10.1f} {least.cpu_us:>6.1f}"
             )
         print("target: ratio >= 0.5 against raw B=N; floor/raw is the most any design answering each")
-        print("caller after its own commit reached here\n")
+        print("caller after its own commit reached here. CPU us/act: process CPU time (all threads,")
+        print("SQLite and fsync included) per activation, for LocalDisk and for the floor\n")
 
         ours = send_sync_latency(directory, args.calls)
         anchor = raw_commit_latency(directory, args.calls)
