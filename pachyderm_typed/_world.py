@@ -291,15 +291,23 @@ class World(Generic[E]):
     async def asend(self, envelope: Envelope[E, object]) -> None:
         """``send`` for asyncio code: never runs an activation on the event loop."""
         forbid_inside_activation("asend")
-        item = self._enqueue(envelope, AsyncWaiter(raises=False))
-        await self._await(item)
+        waiter = AsyncWaiter(raises=False)
+        self._enqueue(envelope, waiter)
+        self._kick()
+        await waiter.future
+        if waiter.error is not None and not isinstance(waiter.error, ActivationError):
+            raise waiter.error  # a failed activation became a dead letter; anything else is ours
 
     async def asend_sync(self, envelope: Envelope[E, S]) -> S:
         """``send_sync`` for asyncio code: never runs an activation on the event loop."""
         forbid_inside_activation("asend_sync")
-        item = self._enqueue(envelope, AsyncWaiter(raises=True))
-        await self._await(item)
-        return self._outcome(item)  # type: ignore[return-value]
+        waiter = AsyncWaiter(raises=True)
+        self._enqueue(envelope, waiter)
+        self._kick()
+        await waiter.future  # no helper coroutine: this is every async caller's path
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.result  # type: ignore[return-value]
 
     def state(self, address: Address[E, Any, S]) -> S:
         """The entity's current state: every message processed before the call, committed."""
@@ -400,14 +408,6 @@ class World(Generic[E]):
         if waiter.error is not None:
             raise waiter.error
         return waiter.result
-
-    async def _await(self, item: Item) -> None:
-        waiter = item.waiter
-        assert isinstance(waiter, AsyncWaiter)
-        self._kick()
-        await waiter.future
-        if waiter.error is not None and not isinstance(waiter.error, ActivationError):
-            raise waiter.error
 
     def _run_until(self, item: Item) -> None:
         """A thread caller: process up to ``item`` inline, see it committed, and return."""
