@@ -50,7 +50,14 @@ KIND_END = b"\x00"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _BUILD_TABLE = "CREATE TABLE IF NOT EXISTS Dict (key BLOB UNIQUE NOT NULL, value BLOB NOT NULL)"
 _GET = "SELECT value FROM Dict WHERE key = ?"
-_PUT = "REPLACE INTO Dict (key, value) VALUES (?, ?)"
+if sqlite3.sqlite_version_info >= (3, 24, 0):
+    # An upsert rewrites a known key's row in place. REPLACE deletes the row and inserts it
+    # again under a new rowid, which also rewrites its index entry: more pages per commit.
+    _PUT_ROWS = "INSERT INTO Dict (key, value) VALUES "
+    _ON_KNOWN_KEY = " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+else:  # no upsert before SQLite 3.24
+    _PUT_ROWS, _ON_KNOWN_KEY = "REPLACE INTO Dict (key, value) VALUES ", ""
+_PUT = _PUT_ROWS + "(?, ?)" + _ON_KNOWN_KEY
 _DELETE = "DELETE FROM Dict WHERE key = ?"
 _PAGE = "SELECT key, value FROM Dict WHERE key >= ? AND key < ? ORDER BY key LIMIT ?"
 _COUNT = "SELECT COUNT(*) FROM Dict WHERE key >= ? AND key < ?"
@@ -64,7 +71,7 @@ ONE_STATEMENT_ROWS = 128
 
 @functools.lru_cache(maxsize=ONE_STATEMENT_ROWS)
 def _put_rows(count: int) -> str:
-    return "REPLACE INTO Dict (key, value) VALUES " + ",".join(["(?, ?)"] * count)
+    return _PUT_ROWS + ",".join(["(?, ?)"] * count) + _ON_KNOWN_KEY
 
 
 def prefix_end(prefix: bytes) -> bytes:

@@ -57,7 +57,7 @@ class _HookedConnection:
     """Stands in for the store's ``sqlite3.Connection``; hooks only the statements that commit.
 
     Those are COMMIT, and a write outside a transaction: the store sends a small batch
-    of puts as one multi-row REPLACE, which is its own transaction.
+    of puts as one multi-row statement (an upsert), which is its own transaction.
     """
 
     def __init__(self, conn: Any, hook: Any) -> None:
@@ -68,7 +68,7 @@ class _HookedConnection:
         return getattr(self._conn, name)
 
     def execute(self, sql: str, *args: Any) -> Any:
-        if sql == "COMMIT" or (sql.startswith("REPLACE") and not self._conn.in_transaction):
+        if sql == "COMMIT" or (sql.startswith(("INSERT", "REPLACE")) and not self._conn.in_transaction):
             return self._hook(lambda: self._conn.execute(sql, *args))
         return self._conn.execute(sql, *args)
 
