@@ -70,7 +70,7 @@ ONE_STATEMENT_ROWS = 128
 
 
 @functools.lru_cache(maxsize=ONE_STATEMENT_ROWS)
-def _put_rows(count: int) -> str:
+def put_rows(count: int) -> str:
     return _PUT_ROWS + ",".join(["(?, ?)"] * count) + _ON_KNOWN_KEY
 
 
@@ -391,7 +391,7 @@ class DbmFile:
                 # taken back once, not after each of BEGIN, every row and COMMIT. Under load
                 # from other threads each of those costs a wait for the GIL.
                 try:
-                    conn.execute(_put_rows(len(puts)), [part for row in puts for part in row])
+                    conn.execute(put_rows(len(puts)), [part for row in puts for part in row])
                 except sqlite3.Error as exc:
                     raise storage_error(self.path, "committing", exc) from exc
                 return
