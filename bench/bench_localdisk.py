@@ -46,7 +46,7 @@ from typing import Any
 
 from pachyderm_typed import Ecosystem
 from pachyderm_typed._codec import Codec
-from pachyderm_typed._dbmfile import DbmFile, put_rows, state_key
+from pachyderm_typed._dbmfile import DbmFile, put_statement, state_key
 from pachyderm_typed._world import Batch
 from pachyderm_typed.ecosystems import LocalDisk
 
@@ -132,7 +132,7 @@ def raw_batched(directory: Path, batch: int, seconds: float) -> float:
 def _raw_batched(directory: Path, batch: int, seconds: float, one_statement: bool) -> float:
     conn = raw_connection(fresh(directory, f"raw-{batch}.db"))
     rows = encoded_rows(4096)
-    statement = put_rows(batch)
+    statement = put_statement(batch)
     done = 0
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -141,7 +141,7 @@ def _raw_batched(directory: Path, batch: int, seconds: float, one_statement: boo
             conn.execute(statement, [part for row in chunk for part in row])
         else:
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(put_rows(1), chunk)
+            conn.executemany(put_statement(1), chunk)
             conn.execute("COMMIT")
         done += batch
     rate = done / (time.perf_counter() - start)
@@ -182,7 +182,7 @@ class MinimalCommitter:
             batch = []
             while self.queue:
                 batch.append(self.queue.popleft())
-            statement = put_rows(len(batch))
+            statement = put_statement(len(batch))
             self.conn.execute(statement, [part for key, value, _ in batch for part in (key, value)])
             self.answer([token for _, _, token in batch])
 
@@ -268,7 +268,7 @@ def raw_commit_latency(directory: Path, calls: int) -> list[float]:
     for key, value in rows:
         start = time.perf_counter()
         conn.execute("BEGIN IMMEDIATE")
-        conn.execute(put_rows(1), (key, value))
+        conn.execute(put_statement(1), (key, value))
         conn.execute("COMMIT")
         times.append(time.perf_counter() - start)
     conn.close()

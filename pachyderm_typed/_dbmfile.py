@@ -50,19 +50,6 @@ KIND_END = b"\x00"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _BUILD_TABLE = "CREATE TABLE IF NOT EXISTS Dict (key BLOB UNIQUE NOT NULL, value BLOB NOT NULL)"
 _GET = "SELECT value FROM Dict WHERE key = ?"
-if sqlite3.sqlite_version_info >= (3, 24, 0):
-    # An upsert rewrites a known key's row in place. REPLACE deletes the row and inserts it
-    # again under a new rowid, which also rewrites its index entry: more pages per commit.
-    _PUT_ROWS = "INSERT INTO Dict (key, value) VALUES "
-    _ON_KNOWN_KEY = " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-else:  # no upsert before SQLite 3.24
-    _PUT_ROWS, _ON_KNOWN_KEY = "REPLACE INTO Dict (key, value) VALUES ", ""
-_PUT = _PUT_ROWS + "(?, ?)" + _ON_KNOWN_KEY
-_DELETE = "DELETE FROM Dict WHERE key = ?"
-_PAGE = "SELECT key, value FROM Dict WHERE key >= ? AND key < ? ORDER BY key LIMIT ?"
-_COUNT = "SELECT COUNT(*) FROM Dict WHERE key >= ? AND key < ?"
-_LAST = "SELECT key FROM Dict WHERE key >= ? AND key < ? ORDER BY key DESC LIMIT 1"
-_FIRST = "SELECT key FROM Dict WHERE key >= ? AND key < ? ORDER BY key LIMIT 1"
 
 
 #: writes of up to this many rows (and no deletes) go to SQLite as one multi-row statement
@@ -70,8 +57,25 @@ ONE_STATEMENT_ROWS = 128
 
 
 @functools.lru_cache(maxsize=ONE_STATEMENT_ROWS)
-def put_rows(count: int) -> str:
-    return _PUT_ROWS + ",".join(["(?, ?)"] * count) + _ON_KNOWN_KEY
+def put_statement(count: int, sqlite_version: tuple[int, ...] = sqlite3.sqlite_version_info) -> str:
+    """The statement that stores ``count`` (key, value) rows, new keys or known ones.
+
+    An upsert rewrites a known key's row in place. REPLACE (what SQLite before 3.24
+    offers) deletes the row and inserts it again under a new rowid, which also rewrites
+    its index entry: more pages per commit.
+    """
+    rows = ",".join(["(?, ?)"] * count)
+    if sqlite_version >= (3, 24, 0):
+        return f"INSERT INTO Dict (key, value) VALUES {rows} ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+    return f"REPLACE INTO Dict (key, value) VALUES {rows}"
+
+
+_PUT = put_statement(1)
+_DELETE = "DELETE FROM Dict WHERE key = ?"
+_PAGE = "SELECT key, value FROM Dict WHERE key >= ? AND key < ? ORDER BY key LIMIT ?"
+_COUNT = "SELECT COUNT(*) FROM Dict WHERE key >= ? AND key < ?"
+_LAST = "SELECT key FROM Dict WHERE key >= ? AND key < ? ORDER BY key DESC LIMIT 1"
+_FIRST = "SELECT key FROM Dict WHERE key >= ? AND key < ? ORDER BY key LIMIT 1"
 
 
 def prefix_end(prefix: bytes) -> bytes:
@@ -391,7 +395,7 @@ class DbmFile:
                 # taken back once, not after each of BEGIN, every row and COMMIT. Under load
                 # from other threads each of those costs a wait for the GIL.
                 try:
-                    conn.execute(put_rows(len(puts)), [part for row in puts for part in row])
+                    conn.execute(put_statement(len(puts)), [part for row in puts for part in row])
                 except sqlite3.Error as exc:
                     raise storage_error(self.path, "committing", exc) from exc
                 return

@@ -30,6 +30,7 @@ from pachyderm_typed import (
     UpgradeError,
 )
 from pachyderm_typed.ecosystems import LocalDisk
+from pachyderm_typed._dbmfile import put_statement
 from pachyderm_typed._world import Batch
 from tests.entities import App, Counter, Increment, Picky, Ping, PingPong, Unlock, Work
 from tests.helpers_localdisk.workload import Entry, Fan, Log, Spread
@@ -83,6 +84,26 @@ def test_the_file_is_a_private_dbm_sqlite3_file(tmp_path: Path) -> None:
     rows = raw_rows(path)
     assert json.loads(rows[b"meta:format"]) == {"format": "pachyderm-typed/localdisk", "version": 1}
     assert json.loads(rows[b'state:Counter\x00"c"']) == {"v": 1, "s": 1}
+
+
+@pytest.mark.parametrize("sqlite_version", [sqlite3.sqlite_version_info, (3, 23, 0)], ids=["upsert", "replace"])
+def test_the_put_statement_stores_new_and_known_keys_in_the_dbm_table(
+    tmp_path: Path, sqlite_version: tuple[int, ...]
+) -> None:
+    # The upsert this SQLite runs, and REPLACE for SQLite before 3.24: the same records either way.
+    conn = sqlite3.connect(tmp_path / "put.db", isolation_level=None)
+    try:
+        conn.execute("CREATE TABLE Dict (key BLOB UNIQUE NOT NULL, value BLOB NOT NULL)")
+        conn.execute(put_statement(2, sqlite_version), [b"a", b"1", b"b", b"1"])
+        before = dict(conn.execute("SELECT key, rowid FROM Dict"))
+        # A known key, a new one, and a key written twice in one statement (the last wins).
+        conn.execute(put_statement(3, sqlite_version), [b"a", b"2", b"c", b"1", b"c", b"3"])
+        assert dict(conn.execute("SELECT key, value FROM Dict")) == {b"a": b"2", b"b": b"1", b"c": b"3"}
+        after = dict(conn.execute("SELECT key, rowid FROM Dict"))
+        if sqlite_version >= (3, 24, 0):
+            assert after[b"a"] == before[b"a"]  # rewritten in place
+    finally:
+        conn.close()
 
 
 def test_state_survives_close_and_reopen(tmp_path: Path) -> None:
