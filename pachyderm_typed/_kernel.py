@@ -16,6 +16,7 @@ from pachyderm_typed._address import Address, Envelope
 from pachyderm_typed._ecosystem import Declaration, EntitySpec
 from pachyderm_typed.errors import ActivationError, SendInsideActivationError
 
+
 class _Marks(threading.local):
     # A class default: a thread that never activated reads 0 without a failed lookup
     # (``forbid_inside_activation`` is on every send's path).
