@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import sqlite3
 import stat
 import threading
@@ -456,6 +457,38 @@ def test_a_batch_larger_than_the_cache_never_loses_an_update(tmp_path: Path) -> 
         world.send_sync(Fan.post("f", Spread("l", 400)))
         wait_for(lambda: len(world.state(Log.address("l"))) == 400, "the fan-out")
         assert world.state(Log.address("l")) == tuple(range(400))
+
+
+def test_eviction_under_concurrent_senders_never_loses_an_update(tmp_path: Path) -> None:
+    # A cache far smaller than the working set: states are evicted and reloaded while other
+    # callers process and commit. A stale reload would show as a missing increment.
+    path = tmp_path / "churn.db"
+    entities = [f"c{n}" for n in range(40)]
+    plans = [[random.Random(seed).choice(entities) for _ in range(300)] for seed in range(12)]
+    with LocalDisk(App, path, cache_size=8) as world:
+
+        def thread_sender(plan: list[str]) -> None:
+            for name in plan:
+                world.send_sync(Counter.post(name, Increment()))
+
+        async def task_senders(plans: list[list[str]]) -> None:
+            async def one(plan: list[str]) -> None:
+                for name in plan:
+                    await world.asend_sync(Counter.post(name, Increment()))
+
+            await asyncio.gather(*(one(plan) for plan in plans))
+
+        threads = [threading.Thread(target=thread_sender, args=(plan,)) for plan in plans[:6]]
+        threads.append(threading.Thread(target=asyncio.run, args=(task_senders(plans[6:]),)))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        expected = {name: sum(plan.count(name) for plan in plans) for name in entities}
+        assert {name: world.state(Counter.address(name)) for name in entities} == expected
+        assert len(world._states) <= 8  # everything is committed: nothing dirty holds a place
+    with LocalDisk(App, path) as world:
+        assert {name: world.state(Counter.address(name)) for name in entities} == expected
 
 
 # -- dead letters ----------------------------------------------------------------------------
