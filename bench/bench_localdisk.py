@@ -92,8 +92,8 @@ def _declaration() -> Any:
 class Rate:
     """A throughput run: activations per second, and CPU per activation over all threads.
 
-    The CPU time (user and system, the whole process, fsync included) shows what
-    each design costs apart from waiting: the wake-ups and the fsync itself.
+    The CPU time (user and system, the whole process: SQLite, the fsync calls and the
+    wake-ups included) is what a design costs apart from the time it spends waiting.
     """
 
     def __init__(self, done: int, elapsed: float, cpu: float, per_commit: float = 0.0) -> None:
@@ -103,9 +103,9 @@ class Rate:
 
 
 class Stopwatch:
-    """Wall and process CPU time from ``start()`` to ``stop()``."""
+    """Wall and process CPU time from its creation to ``stop()``."""
 
-    def start(self) -> None:
+    def __init__(self) -> None:
         self.wall, self.cpu = time.perf_counter(), time.process_time()
 
     def stop(self) -> tuple[float, float]:
@@ -215,7 +215,6 @@ def floor_threads(directory: Path, senders: int, seconds: float) -> Rate:
 
     threads = [threading.Thread(target=run, args=(slot,)) for slot in range(senders)]
     watch = Stopwatch()
-    watch.start()
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -246,7 +245,6 @@ def floor_tasks(directory: Path, senders: int, seconds: float) -> Rate:
                 done[0] += 1
 
         watch = Stopwatch()
-        watch.start()
         await asyncio.gather(*(sender(slot) for slot in range(senders)))
         elapsed, cpu = watch.stop()
         committer.close()
@@ -297,9 +295,8 @@ def threads_rate(directory: Path, senders: int, seconds: float) -> Rate:
     threads = [threading.Thread(target=run, args=(slot,)) for slot in range(senders)]
     for thread in threads:
         thread.start()
-    watch = Stopwatch()
     barrier.wait()
-    watch.start()
+    watch = Stopwatch()
     for thread in threads:
         thread.join()
     elapsed, cpu = watch.stop()
@@ -325,7 +322,6 @@ def tasks_rate(directory: Path, senders: int, seconds: float) -> Rate:
                 done[0] += 1
 
         watch = Stopwatch()
-        watch.start()
         await asyncio.gather(*(sender(slot) for slot in range(senders)))
         elapsed, cpu = watch.stop()
         return Rate(done[0], elapsed, cpu, done[0] / max(world.commits, 1))
