@@ -49,7 +49,6 @@ KIND_END = b"\x00"
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _BUILD_TABLE = "CREATE TABLE IF NOT EXISTS Dict (key BLOB UNIQUE NOT NULL, value BLOB NOT NULL)"
-_GET = "SELECT value FROM Dict WHERE key = ?"
 
 
 #: writes of up to this many rows (and no deletes) go to SQLite as one multi-row statement
@@ -70,6 +69,7 @@ def put_statement(count: int, sqlite_version: tuple[int, ...] = sqlite3.sqlite_v
     return f"REPLACE INTO Dict (key, value) VALUES {rows}"
 
 
+_GET = "SELECT value FROM Dict WHERE key = ?"
 _PUT = put_statement(1)
 _DELETE = "DELETE FROM Dict WHERE key = ?"
 _PAGE = "SELECT key, value FROM Dict WHERE key >= ? AND key < ? ORDER BY key LIMIT ?"

@@ -291,9 +291,7 @@ class World(Generic[E]):
     async def asend(self, envelope: Envelope[E, object]) -> None:
         """``send`` for asyncio code: never runs an activation on the event loop."""
         forbid_inside_activation("asend")
-        waiter = AsyncWaiter(raises=False)
-        self._enqueue(envelope, waiter)
-        self._kick()
+        waiter = self._hand_to_worker(envelope, raises=False)
         await waiter.future
         if waiter.error is not None and not isinstance(waiter.error, ActivationError):
             raise waiter.error  # a failed activation became a dead letter; anything else is ours
@@ -301,9 +299,7 @@ class World(Generic[E]):
     async def asend_sync(self, envelope: Envelope[E, S]) -> S:
         """``send_sync`` for asyncio code: never runs an activation on the event loop."""
         forbid_inside_activation("asend_sync")
-        waiter = AsyncWaiter(raises=True)
-        self._enqueue(envelope, waiter)
-        self._kick()
+        waiter = self._hand_to_worker(envelope, raises=True)
         await waiter.future  # no helper coroutine: this is every async caller's path
         if waiter.error is not None:
             raise waiter.error
@@ -408,6 +404,13 @@ class World(Generic[E]):
         if waiter.error is not None:
             raise waiter.error
         return waiter.result
+
+    def _hand_to_worker(self, envelope: Envelope[Any, Any], raises: bool) -> AsyncWaiter:
+        """An async caller: queue the message for the worker; await the waiter's future."""
+        waiter = AsyncWaiter(raises)
+        self._enqueue(envelope, waiter)
+        self._kick()
+        return waiter
 
     def _run_until(self, item: Item) -> None:
         """A thread caller: process up to ``item`` inline, see it committed, and return."""
