@@ -83,6 +83,19 @@ def encoded_rows(count: int) -> list[tuple[bytes, bytes]]:
     ]
 
 
+def sender_rows(slot: int, count: int = 256) -> list[tuple[bytes, bytes]]:
+    """One floor sender's row with ``count`` successive values, as its counter would write.
+
+    Each commit must change the row: SQLite leaves a page clean when a row is
+    rewritten with the bytes it already holds, and a commit with no dirty page
+    writes and fsyncs nothing.
+    """
+    codec = Codec(_declaration())
+    spec = codec.declaration.specs[0]
+    key = state_key(spec.kind, codec.encode_id(spec, f"sender-{slot}"))
+    return [(key, codec.encode_state(spec, n)) for n in range(count)]
+
+
 def _declaration() -> Any:
     from pachyderm_typed._ecosystem import Declaration
 
@@ -198,16 +211,17 @@ def floor_threads(directory: Path, senders: int, seconds: float) -> Rate:
             lock.release()
 
     committer = MinimalCommitter(fresh(directory, f"floor-threads-{senders}.db"), release_all)
-    rows = encoded_rows(senders)
+    rows = [sender_rows(slot) for slot in range(senders)]
     counts = [0] * senders
     stop = time.perf_counter() + seconds
 
     def run(slot: int) -> None:
-        key, value = rows[slot]
+        mine = rows[slot]
         done = 0
         while time.perf_counter() < stop:
             answered = _thread.allocate_lock()
             answered.acquire()
+            key, value = mine[done % len(mine)]
             committer.submit(key, value, answered)
             answered.acquire()
             done += 1
@@ -225,7 +239,7 @@ def floor_threads(directory: Path, senders: int, seconds: float) -> Rate:
 
 
 def floor_tasks(directory: Path, senders: int, seconds: float) -> Rate:
-    rows = encoded_rows(senders)
+    rows = [sender_rows(slot) for slot in range(senders)]
 
     async def main() -> Rate:
         loop = asyncio.get_running_loop()
@@ -237,9 +251,12 @@ def floor_tasks(directory: Path, senders: int, seconds: float) -> Rate:
         done = [0]
 
         async def sender(slot: int) -> None:
-            key, value = rows[slot]
+            mine = rows[slot]
+            sent = 0
             while time.perf_counter() < stop:
                 future: asyncio.Future[None] = loop.create_future()
+                key, value = mine[sent % len(mine)]
+                sent += 1
                 committer.submit(key, value, future)
                 await future
                 done[0] += 1
