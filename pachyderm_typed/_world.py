@@ -56,6 +56,7 @@ logger = logging.getLogger("pachyderm_typed")
 
 E = TypeVar("E")
 S = TypeVar("S")
+C = TypeVar("C", bound="Call")
 
 MISSING: Any = object()
 HISTORY_PER_ENTITY = 20
@@ -73,21 +74,47 @@ class DeadLetter:
     reason: str
 
 
-class Waiter:
-    """Completion of one queued message: set once, after its batch commits (or fails).
+class Item:
+    """One pending message nobody waits for (an outbox produced it, or a store kept it).
 
-    A thread caller blocks in ``wait`` on a lock of its own, so publishing a
-    batch wakes exactly its callers, each once.
+    ``row`` is its key in a durable store, if it is stored. A caller's message is
+    a ``Call``: the message and its completion are one object, so a send
+    allocates once.
     """
 
-    # One per send_sync call: slots keep the hot path free of dict allocations.
-    __slots__ = ("done", "result", "error", "raises", "_signal")
+    __slots__ = ("envelope", "row", "consumed")
+    #: a caller waits for the outcome (``Call``)
+    waits: ClassVar[bool] = False
+    #: False: a failed activation becomes a dead letter
+    raises = False
 
-    def __init__(self, raises: bool) -> None:
+    def __init__(self, envelope: Envelope[Any, Any], row: Any = None) -> None:
+        self.envelope = envelope
+        self.row = row
+        self.consumed = False
+
+    def fail(self, error: BaseException) -> None:
+        """Nobody waits: a failure is recorded as a dead letter, not reported here."""
+
+
+class Call(Item):
+    """A thread caller's message; its outcome is set once, after its batch commits (or fails).
+
+    The caller blocks in ``wait`` on a lock of its own, so publishing a batch
+    wakes exactly its callers, each once.
+    """
+
+    __slots__ = ("done", "result", "error", "raises", "_signal")
+    waits = True
+
+    def __init__(self, envelope: Envelope[Any, Any], raises: bool, row: Any = None) -> None:
+        self.envelope = envelope
+        self.row = row
+        self.consumed = False
         self.done = False
         self.result: object = None
         self.error: BaseException | None = None
-        self.raises = raises  # False: a failed activation becomes a dead letter
+        self.raises = raises
         self._signal = _thread.allocate_lock()
         self._signal.acquire()
 
@@ -108,10 +135,15 @@ class Waiter:
             self._signal.acquire()
 
 
-class AsyncWaiter(Waiter):
+class AsyncCall(Call):
+    """An async caller's message: the caller awaits ``future``, resolved from any thread."""
+
     __slots__ = ("loop", "future")
 
-    def __init__(self, raises: bool) -> None:  # no lock: the event loop awaits the future
+    def __init__(self, envelope: Envelope[Any, Any], raises: bool) -> None:  # no lock: the loop awaits
+        self.envelope = envelope
+        self.row = None
+        self.consumed = False
         self.done = False
         self.result = None
         self.error = None
@@ -149,8 +181,7 @@ def _unloadable(address: Address[Any, Any, Any], message: object, exc: StorageEr
 
 def _fail_items(items: Sequence[Item], error: BaseException) -> None:
     for item in items:
-        if item.waiter is not None:
-            item.waiter.fail(error)  # a no-op for a waiter already answered
+        item.fail(error)  # a no-op for a caller already answered, or nobody waiting
 
 
 def _set_all_done(futures: list[asyncio.Future[None]]) -> None:
@@ -185,18 +216,6 @@ class Doorbell:
 
     def wait(self) -> None:
         self._lock.acquire()
-
-
-class Item:
-    """One pending message. ``row`` is its key in a durable store, if it is stored."""
-
-    __slots__ = ("envelope", "waiter", "row", "consumed")
-
-    def __init__(self, envelope: Envelope[Any, Any], waiter: Waiter | None, row: Any = None) -> None:
-        self.envelope = envelope
-        self.waiter = waiter  # None: produced by an outbox
-        self.row = row
-        self.consumed = False
 
 
 class Batch:
@@ -276,7 +295,7 @@ class World(Generic[E]):
         If its activation fails, the message becomes a dead letter.
         """
         forbid_inside_activation("send")
-        self._run_until(self._enqueue(envelope, Waiter(raises=False)))
+        self._run_until(self._enqueue(Call(envelope, raises=False)))
 
     def send_sync(self, envelope: Envelope[E, S]) -> S:
         """Deliver ``envelope`` and return the entity's new state once it is committed.
@@ -284,26 +303,28 @@ class World(Generic[E]):
         Raises ``ActivationError`` if ``activate`` raised; the entity keeps its state.
         """
         forbid_inside_activation("send_sync")
-        item = self._enqueue(envelope, Waiter(raises=True))
-        self._run_until(item)
-        return self._outcome(item)  # type: ignore[return-value]
+        call = self._enqueue(Call(envelope, raises=True))
+        self._run_until(call)
+        if call.error is not None:
+            raise call.error
+        return call.result  # type: ignore[return-value]
 
     async def asend(self, envelope: Envelope[E, object]) -> None:
         """``send`` for asyncio code: never runs an activation on the event loop."""
         forbid_inside_activation("asend")
-        waiter = self._hand_to_worker(envelope, raises=False)
-        await waiter.future
-        if waiter.error is not None and not isinstance(waiter.error, ActivationError):
-            raise waiter.error  # a failed activation became a dead letter; anything else is ours
+        call = self._hand_to_worker(AsyncCall(envelope, raises=False))
+        await call.future
+        if call.error is not None and not isinstance(call.error, ActivationError):
+            raise call.error  # a failed activation became a dead letter; anything else is ours
 
     async def asend_sync(self, envelope: Envelope[E, S]) -> S:
         """``send_sync`` for asyncio code: never runs an activation on the event loop."""
         forbid_inside_activation("asend_sync")
-        waiter = self._hand_to_worker(envelope, raises=True)
-        await waiter.future  # no helper coroutine: this is every async caller's path
-        if waiter.error is not None:
-            raise waiter.error
-        return waiter.result  # type: ignore[return-value]
+        call = self._hand_to_worker(AsyncCall(envelope, raises=True))
+        await call.future  # no helper coroutine: this is every async caller's path
+        if call.error is not None:
+            raise call.error
+        return call.result  # type: ignore[return-value]
 
     def state(self, address: Address[E, Any, S]) -> S:
         """The entity's current state: every message processed before the call, committed."""
@@ -355,8 +376,7 @@ class World(Generic[E]):
     def _fail_queued(self) -> None:
         """Fail every caller still queued: the world is closed."""
         for item in self._take_queued():
-            if item.waiter is not None:
-                item.waiter.fail(ClosedError(f"{self!r} was closed before {item.envelope!r} was processed"))
+            item.fail(ClosedError(f"{self!r} was closed before {item.envelope!r} was processed"))
 
     def _take_queued(self) -> list[Item]:
         """Empty the queue. Callers append without the run lock, so pop, never iterate."""
@@ -386,49 +406,39 @@ class World(Generic[E]):
             raise TypeError(f"expected an Address, got {type(address).__qualname__}: use EntityType.address(id)")
         return self._declaration.spec_for(address.entity)
 
-    def _enqueue(self, envelope: Envelope[Any, Any], waiter: Waiter) -> Item:
+    def _enqueue(self, call: C) -> C:
         self._check_open()
+        envelope = call.envelope
         self._declaration.check_envelope(envelope)
-        if not waiter.raises:  # a send_sync message is never stored: a failure goes to its caller
+        if not call.raises:  # a send_sync message is never stored: a failure goes to its caller
             self._check_storable(envelope)
-        item = Item(envelope, waiter)
-        self._queue.append(item)
-        if self._closed:  # closed while we appended: close() may have missed this item
+        self._queue.append(call)
+        if self._closed:  # closed while we appended: close() may have missed this call
             self._fail_queued()
             self._check_open()
-        return item
+        return call
 
-    def _outcome(self, item: Item) -> object:
-        waiter = item.waiter
-        assert waiter is not None and waiter.done
-        if waiter.error is not None:
-            raise waiter.error
-        return waiter.result
-
-    def _hand_to_worker(self, envelope: Envelope[Any, Any], raises: bool) -> AsyncWaiter:
-        """An async caller: queue the message for the worker; await the waiter's future."""
-        waiter = AsyncWaiter(raises)
-        self._enqueue(envelope, waiter)
+    def _hand_to_worker(self, call: AsyncCall) -> AsyncCall:
+        """An async caller: queue the message for the worker, which resolves ``call.future``."""
+        self._enqueue(call)
         self._kick()
-        return waiter
+        return call
 
-    def _run_until(self, item: Item) -> None:
-        """A thread caller: process up to ``item`` inline, see it committed, and return."""
-        waiter = item.waiter
-        assert waiter is not None
+    def _run_until(self, call: Call) -> None:
+        """A thread caller: process up to ``call`` inline, see it committed, and return."""
         with self._run_lock:
-            if not item.consumed:
+            if not call.consumed:
                 if self._closed:
-                    waiter.fail(ClosedError(f"{self!r} was closed before {item.envelope!r} was processed"))
+                    call.fail(ClosedError(f"{self!r} was closed before {call.envelope!r} was processed"))
                 else:
-                    self._process_queue(item)
-        if not waiter.done:
-            self._flush(waiter)
-            waiter.wait()
-        if not waiter.raises and isinstance(waiter.error, PachydermError) and not isinstance(
-            waiter.error, ActivationError
+                    self._process_queue(call)
+        if not call.done:
+            self._flush(call)
+            call.wait()
+        if not call.raises and isinstance(call.error, PachydermError) and not isinstance(
+            call.error, ActivationError
         ):
-            raise waiter.error
+            raise call.error
         if self._queue:
             self._kick()
 
@@ -481,7 +491,7 @@ class World(Generic[E]):
         marks.depth = depth + 1  # activating(), without a generator on the hot path
         try:
             while queue and count < limit:
-                if reached and target is not None and queue[0].waiter is None:
+                if reached and target is not None and not queue[0].waits:
                     break
                 item = queue.popleft()
                 item.consumed = True
@@ -509,7 +519,7 @@ class World(Generic[E]):
                     states[address] = new_state
                     done.append((item, new_state))
                     for out in outbox:
-                        child = Item(out, None)
+                        child = Item(out)
                         queue.append(child)
                         produced.append(child)
                 if item is target:
@@ -526,7 +536,7 @@ class World(Generic[E]):
         if batch.produced:
             batch.produced = [item for item in batch.produced if not item.consumed]
         if batch.failed:
-            batch.dead = [(i, error) for i, error in batch.failed if i.waiter is None or not i.waiter.raises]
+            batch.dead = [(item, error) for item, error in batch.failed if not item.raises]
         self._sealing(batch)
         self._sealed.append(batch)
 
@@ -540,7 +550,7 @@ class World(Generic[E]):
     def _has_work(self) -> bool:
         return bool(self._sealed or self._open)
 
-    def _flush(self, own: Waiter | None) -> None:
+    def _flush(self, own: Call | None) -> None:
         """Commit and publish what was processed, in order.
 
         An inline caller (``own``) commits while nobody else does, and stops
@@ -571,7 +581,7 @@ class World(Generic[E]):
         if self.pipelined and self._has_work():
             self._kick_committer()
 
-    def _commit_sealed(self, until: int | None, own: Waiter | None = None) -> StorageError | None:
+    def _commit_sealed(self, until: int | None, own: Call | None = None) -> StorageError | None:
         """Holding the commit lock: commit and publish sealed batches in order.
 
         ``until``: up to that batch; None: until nothing is processed and not
@@ -627,16 +637,17 @@ class World(Generic[E]):
         # One cross-thread wake-up per event loop per batch, not one per awaiting task.
         wakes: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         for item, new_state in batch.done:
-            waiter = item.waiter
-            if waiter is not None:
-                if type(waiter) is AsyncWaiter:
-                    waiter.result = new_state
-                    waiter.done = True
-                    wakes.setdefault(waiter.loop, []).append(waiter.future)
-                elif not waiter.done:  # Waiter.resolve, inlined: this loop is the hot path
-                    waiter.result = new_state
-                    waiter.done = True
-                    waiter._signal.release()
+            if isinstance(item, AsyncCall):  # AsyncCall.resolve and Call.resolve, inlined: the hot loop
+                item.result = new_state
+                item.done = True
+                futures = wakes.get(item.loop)
+                if futures is None:
+                    futures = wakes[item.loop] = []
+                futures.append(item.future)
+            elif isinstance(item, Call) and not item.done:
+                item.result = new_state
+                item.done = True
+                item._signal.release()
             if followers:
                 entries = followers.get(item.envelope.address)
                 if entries:
@@ -644,8 +655,7 @@ class World(Generic[E]):
                         if seq >= since:
                             subscription._push(new_state)
         for item, error in batch.failed:
-            if item.waiter is not None:
-                item.waiter.fail(error)
+            item.fail(error)
         for item, error in batch.dead:
             logger.warning("pachyderm-typed: dead letter %r: %s", item.envelope, error.reason)
         for loop, futures in wakes.items():

@@ -22,7 +22,7 @@ from typing import Any, Literal, TypeVar
 from pachyderm_typed._address import Address, Envelope
 from pachyderm_typed._ecosystem import AnyEntity, Ecosystem
 from pachyderm_typed._kernel import activating, forbid_inside_activation
-from pachyderm_typed._world import Item, World
+from pachyderm_typed._world import Call, World
 from pachyderm_typed.errors import ActivationError, ClosedError, PachydermError
 from pachyderm_typed.simulation import _checker
 from pachyderm_typed.simulation._errors import ActivationFailed, StepLimitError
@@ -203,16 +203,14 @@ class Simulation(World[E]):
 
     # -- the ecosystem: everything runs inline, to quiescence -------------------------
 
-    def _run_until(self, item: Item) -> None:
-        waiter = item.waiter
-        assert waiter is not None
+    def _run_until(self, call: Call) -> None:
         self._run_to_quiescence()
-        if not waiter.done:
-            waiter.fail(ClosedError(f"{self!r} was closed before {item.envelope!r} was processed"))
-        if not waiter.raises and isinstance(waiter.error, PachydermError) and not isinstance(
-            waiter.error, ActivationError
+        if not call.done:
+            call.fail(ClosedError(f"{self!r} was closed before {call.envelope!r} was processed"))
+        if not call.raises and isinstance(call.error, PachydermError) and not isinstance(
+            call.error, ActivationError
         ):
-            raise waiter.error
+            raise call.error
 
     def _kick(self) -> None:
         # The async twins call this after queueing: run inline instead of waking a worker.
