@@ -85,8 +85,8 @@ def encoded_rows(count: int) -> list[tuple[bytes, bytes]]:
     ]
 
 
-def sender_rows(slot: int, count: int = 256) -> list[tuple[bytes, bytes]]:
-    """One floor sender's row with ``count`` successive values, as its counter would write.
+def sender_rows(senders: int, count: int = 256) -> list[list[tuple[bytes, bytes]]]:
+    """Each floor sender's row with ``count`` successive values, as its counter would write.
 
     Each commit must change the row: SQLite leaves a page clean when a row is
     rewritten with the bytes it already holds, and a commit with no dirty page
@@ -94,8 +94,9 @@ def sender_rows(slot: int, count: int = 256) -> list[tuple[bytes, bytes]]:
     """
     codec = Codec(_declaration())
     spec = codec.declaration.specs[0]
-    key = state_key(spec.kind, codec.encode_id(spec, f"sender-{slot}"))
-    return [(key, codec.encode_state(spec, n)) for n in range(count)]
+    values = [codec.encode_state(spec, n) for n in range(count)]
+    keys = [state_key(spec.kind, codec.encode_id(spec, f"sender-{slot}")) for slot in range(senders)]
+    return [[(key, value) for value in values] for key in keys]
 
 
 def _declaration() -> Any:
@@ -218,7 +219,7 @@ def floor_threads(directory: Path, senders: int, seconds: float) -> Rate:
             lock.release()
 
     committer = MinimalCommitter(fresh(directory, f"floor-threads-{senders}.db"), release_all)
-    rows = [sender_rows(slot) for slot in range(senders)]
+    rows = sender_rows(senders)
     counts = [0] * senders
     stop = time.perf_counter() + seconds
 
@@ -246,7 +247,7 @@ def floor_threads(directory: Path, senders: int, seconds: float) -> Rate:
 
 
 def floor_tasks(directory: Path, senders: int, seconds: float) -> Rate:
-    rows = [sender_rows(slot) for slot in range(senders)]
+    rows = sender_rows(senders)
 
     async def main() -> Rate:
         loop = asyncio.get_running_loop()
