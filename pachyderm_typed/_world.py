@@ -98,37 +98,41 @@ class Item:
 
 
 class Call(Item):
-    """A thread caller's message; its outcome is set once, after its batch commits (or fails).
+    """A caller's message: its outcome is set once, after its batch commits (or fails)."""
 
-    The caller blocks in ``wait`` on a lock of its own, so publishing a batch
-    wakes exactly its callers, each once.
-    """
-
-    __slots__ = ("done", "result", "error", "raises", "_signal")
+    __slots__ = ("done", "result", "error", "raises")
     waits = True
 
     def __init__(self, envelope: Envelope[Any, Any], raises: bool, row: Any = None) -> None:
-        self.envelope = envelope
-        self.row = row
-        self.consumed = False
+        Item.__init__(self, envelope, row)
         self.done = False
         self.result: object = None
         self.error: BaseException | None = None
         self.raises = raises
-        self._signal = _thread.allocate_lock()
-        self._signal.acquire()
-
-    def resolve(self, result: object) -> None:
-        if not self.done:
-            self.result = result
-            self.done = True
-            self._signal.release()
 
     def fail(self, error: BaseException) -> None:
         if not self.done:
             self.error = error
             self.done = True
-            self._signal.release()
+            self._wake()
+
+    def _wake(self) -> None:
+        raise NotImplementedError
+
+
+class ThreadCall(Call):
+    """A thread caller's: it blocks in ``wait`` on a lock of its own, so publishing a
+    batch wakes exactly its callers, each once."""
+
+    __slots__ = ("_signal",)
+
+    def __init__(self, envelope: Envelope[Any, Any], raises: bool, row: Any = None) -> None:
+        Call.__init__(self, envelope, raises, row)
+        self._signal = _thread.allocate_lock()
+        self._signal.acquire()
+
+    def _wake(self) -> None:
+        self._signal.release()
 
     def wait(self) -> None:
         if not self.done:
@@ -136,35 +140,14 @@ class Call(Item):
 
 
 class AsyncCall(Call):
-    """An async caller's message: the caller awaits ``future``, resolved from any thread."""
+    """An async caller's: it awaits ``future``, resolved on its loop from any thread."""
 
     __slots__ = ("loop", "future")
 
-    def __init__(self, envelope: Envelope[Any, Any], raises: bool) -> None:  # no lock: the loop awaits
-        self.envelope = envelope
-        self.row = None
-        self.consumed = False
-        self.done = False
-        self.result = None
-        self.error = None
-        self.raises = raises
+    def __init__(self, envelope: Envelope[Any, Any], raises: bool) -> None:
+        Call.__init__(self, envelope, raises)
         self.loop = asyncio.get_running_loop()
         self.future: asyncio.Future[None] = self.loop.create_future()
-
-    def resolve(self, result: object) -> None:
-        if not self.done:
-            self.result = result
-            self.done = True
-            self._wake()
-
-    def fail(self, error: BaseException) -> None:
-        if not self.done:
-            self.error = error
-            self.done = True
-            self._wake()
-
-    def wait(self) -> None:
-        raise RuntimeError("an async caller awaits its future")
 
     def _wake(self) -> None:
         try:
@@ -295,7 +278,7 @@ class World(Generic[E]):
         If its activation fails, the message becomes a dead letter.
         """
         forbid_inside_activation("send")
-        self._run_until(self._enqueue(Call(envelope, raises=False)))
+        self._run_until(self._enqueue(ThreadCall(envelope, raises=False)))
 
     def send_sync(self, envelope: Envelope[E, S]) -> S:
         """Deliver ``envelope`` and return the entity's new state once it is committed.
@@ -303,7 +286,7 @@ class World(Generic[E]):
         Raises ``ActivationError`` if ``activate`` raised; the entity keeps its state.
         """
         forbid_inside_activation("send_sync")
-        call = self._enqueue(Call(envelope, raises=True))
+        call = self._enqueue(ThreadCall(envelope, raises=True))
         self._run_until(call)
         if call.error is not None:
             raise call.error
@@ -424,7 +407,7 @@ class World(Generic[E]):
         self._kick()
         return call
 
-    def _run_until(self, call: Call) -> None:
+    def _run_until(self, call: ThreadCall) -> None:
         """A thread caller: process up to ``call`` inline, see it committed, and return."""
         with self._run_lock:
             if not call.consumed:
@@ -435,12 +418,17 @@ class World(Generic[E]):
         if not call.done:
             self._flush(call)
             call.wait()
+        self._raise_for_send(call)
+        if self._queue:
+            self._kick()
+
+    @staticmethod
+    def _raise_for_send(call: Call) -> None:
+        """A send's failed activation became a dead letter; any other failure of ours is raised."""
         if not call.raises and isinstance(call.error, PachydermError) and not isinstance(
             call.error, ActivationError
         ):
             raise call.error
-        if self._queue:
-            self._kick()
 
     def _settled(self, address: Address[Any, Any, Any], on_close: Any) -> Any:
         """The state after every message processed so far, once committed; with ``on_close``,
@@ -550,7 +538,7 @@ class World(Generic[E]):
     def _has_work(self) -> bool:
         return bool(self._sealed or self._open)
 
-    def _flush(self, own: Call | None) -> None:
+    def _flush(self, own: ThreadCall | None) -> None:
         """Commit and publish what was processed, in order.
 
         An inline caller (``own``) commits while nobody else does, and stops
@@ -581,7 +569,7 @@ class World(Generic[E]):
         if self.pipelined and self._has_work():
             self._kick_committer()
 
-    def _commit_sealed(self, until: int | None, own: Call | None = None) -> StorageError | None:
+    def _commit_sealed(self, until: int | None, own: ThreadCall | None = None) -> StorageError | None:
         """Holding the commit lock: commit and publish sealed batches in order.
 
         ``until``: up to that batch; None: until nothing is processed and not
@@ -637,14 +625,15 @@ class World(Generic[E]):
         # One cross-thread wake-up per event loop per batch, not one per awaiting task.
         wakes: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         for item, new_state in batch.done:
-            if isinstance(item, AsyncCall):  # AsyncCall.resolve and Call.resolve, inlined: the hot loop
+            # Setting the outcome and waking the caller, inlined per kind: this loop is the hot path.
+            if isinstance(item, AsyncCall):
                 item.result = new_state
                 item.done = True
                 futures = wakes.get(item.loop)
                 if futures is None:
                     futures = wakes[item.loop] = []
                 futures.append(item.future)
-            elif isinstance(item, Call) and not item.done:
+            elif isinstance(item, ThreadCall) and not item.done:
                 item.result = new_state
                 item.done = True
                 item._signal.release()

@@ -30,7 +30,7 @@ from pachyderm_typed._codec import Codec
 from pachyderm_typed._dbmfile import DEAD, PENDING, DbmFile, key_seq, seq_key, state_key
 from pachyderm_typed._ecosystem import AnyEntity, Declaration, Ecosystem, EntitySpec
 from pachyderm_typed._kernel import Kernel, forbid_inside_activation
-from pachyderm_typed._world import Batch, Call, DeadLetter, Item, World
+from pachyderm_typed._world import Batch, DeadLetter, Item, ThreadCall, World
 from pachyderm_typed.errors import ActivationError, CodecError, DeclarationError, StorageError
 
 logger = logging.getLogger("pachyderm_typed")
@@ -177,7 +177,7 @@ class LocalDisk(World[E]):
             row = seq_key(PENDING, self._next_pending)
             self._next_pending += 1
             self._file.write([(row, self._codec.encode_message(dead_letter.envelope))], [dead_key])
-            call = Call(dead_letter.envelope, raises=False, row=row)
+            call = ThreadCall(dead_letter.envelope, raises=False, row=row)
             self._queue.append(call)
         self._run_until(call)
 

@@ -22,8 +22,8 @@ from typing import Any, Literal, TypeVar
 from pachyderm_typed._address import Address, Envelope
 from pachyderm_typed._ecosystem import AnyEntity, Ecosystem
 from pachyderm_typed._kernel import activating, forbid_inside_activation
-from pachyderm_typed._world import Call, World
-from pachyderm_typed.errors import ActivationError, ClosedError, PachydermError
+from pachyderm_typed._world import ThreadCall, World
+from pachyderm_typed.errors import ActivationError, ClosedError
 from pachyderm_typed.simulation import _checker
 from pachyderm_typed.simulation._errors import ActivationFailed, StepLimitError
 from pachyderm_typed.simulation._model import History, Model
@@ -203,14 +203,11 @@ class Simulation(World[E]):
 
     # -- the ecosystem: everything runs inline, to quiescence -------------------------
 
-    def _run_until(self, call: Call) -> None:
+    def _run_until(self, call: ThreadCall) -> None:
         self._run_to_quiescence()
         if not call.done:
             call.fail(ClosedError(f"{self!r} was closed before {call.envelope!r} was processed"))
-        if not call.raises and isinstance(call.error, PachydermError) and not isinstance(
-            call.error, ActivationError
-        ):
-            raise call.error
+        self._raise_for_send(call)
 
     def _kick(self) -> None:
         # The async twins call this after queueing: run inline instead of waking a worker.
