@@ -17,6 +17,8 @@ from pachyderm_typed import (
     UndeclaredEntityError,
 )
 from pachyderm_typed._address import make_envelope
+from pachyderm_typed.ecosystems import InMemory
+from pachyderm_typed._world import Batch, ThreadCall
 from tests import entities as ents
 from tests.conftest import MakeWorld
 from tests.entities import (
@@ -228,6 +230,34 @@ def test_concurrent_threads_each_see_their_own_result(make_world: MakeWorld) -> 
     for slot in results:
         assert slot == sorted(slot)
     assert world.state(Counter.address("shared")) == 320
+
+
+@pytest.mark.parametrize("leaves", ["before its batch is published", "after its batch is published"])
+def test_callers_answered_together_are_all_woken_when_one_leaves_early(leaves: str) -> None:
+    # Callers answered by one batch wake one another in turn; one that stops waiting
+    # (interrupted, say) must not strand the callers after it.
+    world = InMemory(App)
+    calls = [ThreadCall(Counter.post(name, Increment()), raises=True) for name in "abc"]
+    batch = Batch()
+    batch.done = [(call, n) for n, call in enumerate(calls, 1)]
+    if leaves.startswith("before"):
+        calls[0].leave()
+
+    def wait_like_a_caller(call: ThreadCall) -> None:
+        call.wait()
+        call.leave()
+
+    waiters = [threading.Thread(target=wait_like_a_caller, args=(call,), daemon=True) for call in calls[1:]]
+    for waiter in waiters:
+        waiter.start()
+    world._publish(batch)
+    if leaves.startswith("after"):
+        calls[0].leave()
+    for waiter in waiters:
+        waiter.join(timeout=10)
+    assert not any(waiter.is_alive() for waiter in waiters)
+    assert [call.result for call in calls] == [1, 2, 3]
+    world.close()
 
 
 def test_async_twins(make_world: MakeWorld) -> None:
