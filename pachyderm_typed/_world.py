@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Generic, TypeVar
@@ -229,6 +230,78 @@ class Doorbell:
         self._lock.acquire()
 
 
+class Regroup:
+    """Whether the committer, having answered thread callers, waits for them to come back.
+
+    A committer that writes whatever is ready splits looping thread callers into
+    two groups that take turns: each commit carries half of them, and each caller
+    waits for two commits (the one in flight when it arrived, then its own).
+    Waiting until the callers just answered are back puts them all in the next
+    commit, while the disk idles for as long as they take to return. That pays
+    when returning takes less time than a commit: on a disk whose fsync costs
+    2 ms, 8 threads got 1.6-1.9 times as many calls through. On a fast disk the
+    callers' return (serialised by the GIL) outlasts a commit, and waiting loses.
+
+    So both are measured: commits (an average) and how long the answered callers
+    took to be back, per caller (the group to wait for is larger than the groups
+    seen while not waiting). The committer waits only when the whole group is
+    expected back within a commit, and never longer than one commit.
+    """
+
+    __slots__ = ("commit_seconds", "per_caller", "count", "at", "complete_at", "back_after", "waiting", "bell")
+
+    def __init__(self) -> None:
+        self.commit_seconds = 0.0  # average time a commit takes
+        self.per_caller: float | None = None  # average return time of an answered group, per caller
+        self.count = 0  # thread callers the last published batch answered
+        self.at = 0.0  # when it was published
+        self.complete_at = -1  # the arrival count at which all of them are back
+        self.back_after: float | None = None  # how long they took, once all are back
+        self.waiting = False
+        self.bell = _thread.allocate_lock()
+
+    def committed(self, seconds: float) -> None:
+        self.commit_seconds = seconds if not self.commit_seconds else 0.8 * self.commit_seconds + 0.2 * seconds
+
+    def answered(self, count: int, arrived: int) -> None:
+        """A batch answered ``count`` thread callers; ``arrived``: callers counted so far."""
+        now = time.perf_counter()
+        if self.count:  # what the previous group took, up to now if not all are back yet
+            took = (self.back_after if self.back_after is not None else now - self.at) / self.count
+            self.per_caller = took if self.per_caller is None else 0.8 * self.per_caller + 0.2 * took
+        self.count, self.at, self.back_after = count, now, None
+        self.complete_at = arrived + count
+
+    def back(self) -> None:
+        """Under the run lock: the last caller of the answered group has come back."""
+        self.back_after = time.perf_counter() - self.at
+        if self.waiting:
+            _release(self.bell)
+
+    def pays(self, queued: int) -> bool:
+        """Whether waiting for the answered callers should beat committing ``queued`` now."""
+        group = self.count + queued
+        return self.count > 0 and group >= 2 and self.per_caller is not None and self.per_caller * group < self.commit_seconds
+
+    def gather(self, queued: int) -> None:
+        """The committer, after publishing: wait for the answered callers if that pays.
+
+        ``queued``: messages processed meanwhile, which the next commit carries anyway.
+        ``back`` and this each write their flag before reading the other's, so a
+        caller coming back while this starts to wait is not missed.
+        """
+        if not self.pays(queued):
+            return
+        bell = self.bell
+        bell.acquire(blocking=False)  # forget a ring meant for an earlier wait
+        self.waiting = True
+        try:
+            if self.back_after is None:
+                bell.acquire(timeout=self.commit_seconds)
+        finally:
+            self.waiting = False
+
+
 class Batch:
     """What was processed between two seals: committed as one, then published.
 
@@ -289,6 +362,8 @@ class World(Generic[E]):
         self._worker: threading.Thread | None = None
         self._commit_wake = Doorbell()
         self._committer: threading.Thread | None = None
+        self._arrived = 0  # thread callers so far (under the run lock)
+        self._regroup = Regroup()
 
     # -- public API -----------------------------------------------------------------
 
@@ -443,6 +518,9 @@ class World(Generic[E]):
                     call.fail(ClosedError(f"{self!r} was closed before {call.envelope!r} was processed"))
                 else:
                     self._process_queue(call)
+            self._arrived += 1
+            if self._arrived == self._regroup.complete_at:
+                self._regroup.back()
         try:
             if not call.done:
                 self._flush(call)
@@ -600,16 +678,22 @@ class World(Generic[E]):
         if self.pipelined and self._has_work():
             self._kick_committer()
 
-    def _commit_sealed(self, until: int | None, own: ThreadCall | None = None) -> StorageError | None:
+    def _commit_sealed(
+        self, until: int | None, own: ThreadCall | None = None, gather: bool = False
+    ) -> StorageError | None:
         """Holding the commit lock: commit and publish sealed batches in order.
 
         ``until``: up to that batch; None: until nothing is processed and not
         committed (sealing the open batch as it goes), or until ``own`` is done.
+        ``gather``: the committer thread, which may wait for the callers it just
+        answered before it seals the next batch (see ``Regroup``).
         Returns the error of a failed commit, if one failed.
         """
         error = None
         committed: Batch | None = None
         while True:
+            if gather and committed is not None and not self._closed:
+                self._regroup.gather(len(self._open))
             with self._run_lock:
                 if committed is not None:
                     self._committed(committed)
@@ -625,6 +709,7 @@ class World(Generic[E]):
             if self._released:  # close() ran; nothing can be written any more
                 _fail_items(batch.items(), ClosedError(f"{self!r} was closed before committing"))
                 continue
+            started = time.perf_counter()
             try:
                 self._commit(batch)
             except BaseException as exc:
@@ -632,6 +717,7 @@ class World(Generic[E]):
                 if not isinstance(exc, Exception):
                     raise
                 continue
+            self._regroup.committed(time.perf_counter() - started)
             self._publish(batch)
             committed = batch
 
@@ -657,6 +743,7 @@ class World(Generic[E]):
         wakes: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         first: ThreadCall | None = None  # thread callers are woken in a chain (see ThreadCall)
         last: ThreadCall | None = None
+        answered = 0
         for item, new_state in batch.done:
             # Setting the outcome and waking the caller, inlined per kind: this loop is the hot path.
             if isinstance(item, AsyncCall):
@@ -676,12 +763,15 @@ class World(Generic[E]):
                     if last._left:
                         _release(item._signal)
                 last = item
+                answered += 1
             if followers:
                 entries = followers.get(item.envelope.address)
                 if entries:
                     for since, subscription in tuple(entries):
                         if seq >= since:
                             subscription._push(new_state)
+        if self.pipelined:
+            self._regroup.answered(answered, self._arrived)
         if first is not None:
             _release(first._signal)
         for item, error in batch.failed:
@@ -736,11 +826,11 @@ class World(Generic[E]):
             self._commit_wake.wait()
             if self._closed:
                 return
-            self._commit_here()
+            self._commit_here(gather=True)
 
-    def _commit_here(self) -> None:
+    def _commit_here(self, gather: bool = False) -> None:
         with self._committing():
-            self._commit_sealed(until=None)
+            self._commit_sealed(until=None, gather=gather)
 
     def _state_of(self, spec: EntitySpec, address: Address[Any, Any, Any]) -> Any:
         state = self._states.get(address, MISSING)

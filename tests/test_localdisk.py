@@ -32,7 +32,7 @@ from pachyderm_typed import (
 )
 from pachyderm_typed.ecosystems import LocalDisk
 from pachyderm_typed._dbmfile import put_statement
-from pachyderm_typed._world import Batch
+from pachyderm_typed._world import Batch, Regroup
 from tests.entities import App, Counter, Increment, Picky, Ping, PingPong, Unlock, Work
 from tests.helpers_localdisk.workload import Entry, Fan, Log, Spread
 from tests.helpers_localdisk.workload import Work as LogWork
@@ -559,6 +559,60 @@ def test_concurrent_asyncio_tasks_share_one_commit(tmp_path: Path) -> None:
 
         assert asyncio.run(main()) == [1] * 16
         assert world.commits == 1
+
+
+class SlowDisk(LocalDisk[Any]):
+    """A disk whose commits take 20 ms (the file is real; the sleep stands in for a slow fsync)."""
+
+    sizes: list[int]
+
+    def _commit(self, batch: Batch) -> None:
+        super()._commit(batch)
+        time.sleep(0.02)
+        self.sizes.append(len(batch))
+
+
+def test_on_a_slow_disk_looping_threads_regroup_into_one_commit(tmp_path: Path) -> None:
+    # Committing whatever is ready splits 8 looping callers into two groups of 4 that
+    # take turns; on a slow disk the committer waits for the ones it answered instead.
+    world = SlowDisk(App, tmp_path / "slow.db")
+    world.sizes = []
+    calls = 30
+
+    def run(n: int) -> None:
+        for _ in range(calls):
+            world.send_sync(Counter.post(f"t{n}", Increment()))
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    world.close()
+    sizes = world.sizes
+    middle = sizes[len(sizes) // 4 : -len(sizes) // 4]  # after it has measured, before callers finish
+    assert sum(middle) / len(middle) > 6, sizes
+    with LocalDisk(App, tmp_path / "slow.db") as reopened:
+        assert [reopened.state(Counter.address(f"t{n}")) for n in range(8)] == [calls] * 8
+
+
+def test_the_committer_waits_only_when_the_answered_callers_return_within_a_commit() -> None:
+    regroup = Regroup()
+    assert not regroup.pays(8)  # nothing measured yet
+    regroup.answered(4, arrived=0)
+    regroup.back()  # all four are back
+    took = regroup.back_after
+    regroup.answered(4, arrived=4)
+    assert took is not None and regroup.per_caller == took / 4  # measured per caller
+    regroup.commit_seconds, regroup.per_caller = 0.002, 0.0001
+    assert regroup.pays(4)  # 4 answered + 4 queued are back in 0.8 ms, within a 2 ms commit
+    regroup.per_caller = 0.0003
+    assert not regroup.pays(4)  # 8 would take 2.4 ms: committing the 4 now is better
+    assert regroup.pays(0)  # the 4 answered alone are back in 1.2 ms
+    regroup.count = 1
+    assert not regroup.pays(0)  # one caller: nothing to regroup
+    regroup.count = 0
+    assert not regroup.pays(4)  # nobody answered: nobody to wait for
 
 
 # -- a failed commit --------------------------------------------------------------------------
