@@ -21,7 +21,13 @@ Scale: a file with N entities is written (records encoded by the codec, written 
 bulk), then a fresh process opens it, sends to random entities, and reports its
 resident memory and send_sync latency, against the same at 1,000 entities.
 
+Slower disks: --slow-fsync MS makes every commit (LocalDisk's, the floor's and raw's
+alike) take MS milliseconds longer, a sleep that releases the GIL as an fsync does, to
+show how group commit behaves where fsync costs more than on this machine. That run
+is throughput only.
+
 Run: .venv/bin/python bench/bench_localdisk.py [--seconds S] [--repeat R] [--million] [--no-scale]
+                                                [--slow-fsync MS]
      (--million: the scale run with 1,000,000 entities; the default uses 100,000;
       --repeat: rounds of each throughput comparison, LocalDisk, floor and raw in turn)
 """
@@ -58,6 +64,15 @@ from counter import Counter, Increment  # bench/counter.py
 class Bench(Ecosystem[Counter]): ...
 
 
+#: seconds added to every commit (--slow-fsync), in LocalDisk, the floor and raw alike
+SLOW_COMMIT = 0.0
+
+
+def slow_commit() -> None:
+    if SLOW_COMMIT:
+        time.sleep(SLOW_COMMIT)
+
+
 class CountingDisk(LocalDisk[Counter]):
     """Counts commits, to report the batch size group commit achieved."""
 
@@ -65,6 +80,7 @@ class CountingDisk(LocalDisk[Counter]):
 
     def _commit(self, batch: Batch) -> None:
         super()._commit(batch)
+        slow_commit()
         self.commits += 1
 
 
@@ -164,6 +180,7 @@ def _raw_batched(directory: Path, batch: int, seconds: float, one_statement: boo
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(put_statement(1), chunk)
             conn.execute("COMMIT")
+        slow_commit()
         done += batch
     rate = done / (time.perf_counter() - start)
     conn.close()
@@ -205,6 +222,7 @@ class MinimalCommitter:
                 batch.append(self.queue.popleft())
             statement = put_statement(len(batch))
             self.conn.execute(statement, [part for key, value, _ in batch for part in (key, value)])
+            slow_commit()
             self.answer([token for _, _, token in batch])
 
     def close(self) -> None:
@@ -456,6 +474,10 @@ def main() -> None:
     parser.add_argument("--million", action="store_true", help="scale run with 1,000,000 entities")
     parser.add_argument("--entities", type=int, default=None, help="entities for the scale run")
     parser.add_argument("--no-scale", action="store_true", help="skip the scale run")
+    parser.add_argument(
+        "--slow-fsync", type=float, default=0.0, metavar="MS",
+        help="add MS milliseconds to every commit (a slower disk); throughput only",
+    )
     parser.add_argument("--dir", type=Path, default=None, help="directory for the files (default: a temp dir)")
     parser.add_argument("--scale-child", nargs=3, metavar=("PATH", "ENTITIES", "CALLS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -464,9 +486,14 @@ def main() -> None:
         print(json.dumps(scale_child(Path(path), int(entities), int(calls))))
         return
     entities = args.entities or (1_000_000 if args.million else 100_000)
+    global SLOW_COMMIT
+    SLOW_COMMIT = args.slow_fsync / 1000
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-localdisk-") as tmp:
         directory = Path(tmp)
-        print(f"files in {directory} (Python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version})\n")
+        print(f"files in {directory} (Python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version})")
+        if SLOW_COMMIT:
+            print(f"every commit made {args.slow_fsync:g} ms slower (--slow-fsync), in LocalDisk, floor and raw alike")
+        print()
 
         print("Durable activations per second (each sender waits for its own fsync'd commit)")
         print(
@@ -498,6 +525,8 @@ def main() -> None:
         print(f"medians of {max(1, args.repeat)} alternating rounds. target: ratio >= 0.5 against raw B=N.")
         print("floor/raw: what a minimal committer with no library code reached. CPU us/act: process")
         print("CPU time (all threads, SQLite and fsync included) per activation, LocalDisk and floor\n")
+        if SLOW_COMMIT:
+            return  # latency and scale are about this machine's own disk
 
         ours = send_sync_latency(directory, args.calls)
         anchor = raw_commit_latency(directory, args.calls)
