@@ -17,7 +17,9 @@ senders the fsync overlaps the Python work of the next batch instead of adding
 to it. Whoever processed a batch commits it if nobody else is committing;
 otherwise the committer in charge picks it up before it lets go of the lock,
 and a durable store keeps a committer thread for that (``pipelined``) so an
-inline caller is never kept committing other callers' batches.
+inline caller is never kept committing other callers' batches. That thread may
+wait, up to one commit, for the thread callers it just answered, when they come
+back fast enough to share the next commit (``Regroup``).
 
 * ``send_sync``/``send`` called from a plain thread process inline (no thread
   hop): the caller processes the queue up to its own message, together with

@@ -115,6 +115,8 @@ class LocalDisk(World[E]):
     next is processed (by the callers themselves, or the worker for asyncio
     callers and cascades), and a committer thread writes it as soon as the
     disk is free. Each caller still returns only after its own batch is durable.
+    Thread callers that come back faster than a commit takes are waited for, so
+    that they share the next commit (see ``Regroup``).
     """
 
     pipelined = True
