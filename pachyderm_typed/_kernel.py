@@ -18,9 +18,11 @@ from pachyderm_typed.errors import ActivationError, SendInsideActivationError
 
 
 class _Marks(threading.local):
-    # A class default: a thread that never activated reads 0 without a failed lookup
+    # Class defaults: a thread that never activated reads 0 without a failed lookup
     # (``forbid_inside_activation`` is on every send's path).
     depth = 0
+    #: the group of callers (see ``Regroup``) that this thread's last call was answered in
+    group = -1
 
 
 _local = _Marks()

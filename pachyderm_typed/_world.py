@@ -39,6 +39,7 @@ from __future__ import annotations
 import _thread
 import asyncio
 import contextlib
+import itertools
 import logging
 import threading
 import time
@@ -133,7 +134,7 @@ class ThreadCall(Call):
     with 16 threads: 25-55% more calls per second, a quarter less CPU per call).
     """
 
-    __slots__ = ("_signal", "_then", "_left")
+    __slots__ = ("_signal", "_then", "_left", "group")
 
     def __init__(self, envelope: Envelope[Any, Any], raises: bool, row: Any = None) -> None:
         Call.__init__(self, envelope, raises, row)
@@ -141,6 +142,7 @@ class ThreadCall(Call):
         self._signal.acquire()
         self._then: ThreadCall | None = None  # the next caller its batch answered
         self._left = False
+        self.group = -1  # the group of callers its batch answered (see Regroup)
 
     def _wake(self) -> None:
         _release(self._signal)
@@ -232,6 +234,9 @@ class Doorbell:
         self._lock.acquire()
 
 
+_groups = itertools.count()  # group numbers, unique across worlds (a thread may use several)
+
+
 class Regroup:
     """Whether the committer, having answered thread callers, waits for them to come back.
 
@@ -243,24 +248,26 @@ class Regroup:
     when returning takes less time than a commit: on a disk whose fsync costs
     2 ms more, 8 and 16 threads got 1.8-1.9 times as many calls through. On a fast
     disk the callers' return (serialised by the GIL) can outlast a commit, and
-    waiting loses.
+    callers that do other work between calls come back later still: then
+    waiting only adds latency.
 
-    So both are measured: commits (an average), and how long it took after each
-    publish for as many thread callers to arrive as it answered (looping callers
-    come back; callers that do not are replaced by new ones, or the wait is long
-    and waiting stops paying), per caller, since the group to wait for is larger
-    than the groups seen while not waiting. The committer waits only when the
-    whole group is expected within a commit, and never longer than one commit.
+    So both are measured: commits (an average), and how long the callers of each
+    answered group took until all of them were back (each thread remembers the
+    group its last call was answered in), per caller, since the group to wait
+    for is larger than the groups seen while not waiting. The committer waits
+    only when the whole group is expected back within a commit, and never
+    longer than one commit.
     """
 
-    __slots__ = ("commit_seconds", "per_caller", "count", "at", "complete_at", "back_after", "waiting", "bell")
+    __slots__ = ("commit_seconds", "per_caller", "group", "count", "at", "returned", "back_after", "waiting", "bell")
 
     def __init__(self) -> None:
         self.commit_seconds = 0.0  # average time a commit takes
-        self.per_caller: float | None = None  # average return time of an answered group, per caller
-        self.count = 0  # thread callers the last published batch answered
+        self.per_caller: float | None = None  # average time for a group to be back, per caller
+        self.group = -2  # the group the last published batch answered (no thread's mark)
+        self.count = 0  # its thread callers
         self.at = 0.0  # when it was published
-        self.complete_at = -1  # the arrival count at which all of them are back
+        self.returned = 0  # how many of them are back
         self.back_after: float | None = None  # how long they took, once all are back
         self.waiting = False
         self.bell = _thread.allocate_lock()
@@ -268,20 +275,21 @@ class Regroup:
     def committed(self, seconds: float) -> None:
         self.commit_seconds = seconds if not self.commit_seconds else 0.8 * self.commit_seconds + 0.2 * seconds
 
-    def answered(self, count: int, arrived: int) -> None:
-        """A batch answered ``count`` thread callers; ``arrived``: callers counted so far."""
+    def answered(self, group: int, count: int) -> None:
+        """A batch answered ``count`` thread callers, as ``group``."""
         now = time.perf_counter()
         if self.count:  # what the previous group took, up to now if not all are back yet
             took = (self.back_after if self.back_after is not None else now - self.at) / self.count
             self.per_caller = took if self.per_caller is None else 0.8 * self.per_caller + 0.2 * took
-        self.count, self.at, self.back_after = count, now, None
-        self.complete_at = arrived + count
+        self.group, self.count, self.at, self.returned, self.back_after = group, count, now, 0, None
 
-    def back(self) -> None:
-        """Under the run lock: as many callers have arrived since the publish as it answered."""
-        self.back_after = time.perf_counter() - self.at
-        if self.waiting:
-            _release(self.bell)
+    def came_back(self) -> None:
+        """Under the run lock: a caller of the last answered group is calling again."""
+        self.returned += 1
+        if self.returned == self.count:
+            self.back_after = time.perf_counter() - self.at
+            if self.waiting:
+                _release(self.bell)
 
     def pays(self, queued: int) -> bool:
         """Whether waiting for the answered callers should beat committing ``queued`` now."""
@@ -294,8 +302,8 @@ class Regroup:
         """The committer, after publishing: wait for the answered callers if that pays.
 
         ``queued``: messages processed meanwhile, which the next commit carries anyway.
-        ``back`` and this each write their flag before reading the other's, so a
-        caller coming back while this starts to wait is not missed.
+        ``came_back`` and this each write their flag before reading the other's, so
+        a caller coming back while this starts to wait is not missed.
         """
         if not self.pays(queued):
             return
@@ -369,7 +377,6 @@ class World(Generic[E]):
         self._worker: threading.Thread | None = None
         self._commit_wake = Doorbell()
         self._committer: threading.Thread | None = None
-        self._arrived = 0  # thread callers so far (under the run lock)
         self._regroup = Regroup()
 
     # -- public API -----------------------------------------------------------------
@@ -525,15 +532,15 @@ class World(Generic[E]):
                     call.fail(ClosedError(f"{self!r} was closed before {call.envelope!r} was processed"))
                 else:
                     self._process_queue(call)
-            self._arrived += 1
-            if self._arrived == self._regroup.complete_at:
-                self._regroup.back()
+            if thread_marks.group == self._regroup.group:
+                self._regroup.came_back()
         try:
             if not call.done:
                 self._flush(call)
                 call.wait()
         finally:
             call.leave()
+        thread_marks.group = call.group
         self._raise_for_send(call)
         if self._queue:
             self._kick()
@@ -751,6 +758,7 @@ class World(Generic[E]):
         first: ThreadCall | None = None  # thread callers are woken in a chain (see ThreadCall)
         last: ThreadCall | None = None
         answered = 0
+        group = next(_groups)
         for item, new_state in batch.done:
             # Setting the outcome and waking the caller, inlined per kind: this loop is the hot path.
             if isinstance(item, AsyncCall):
@@ -770,6 +778,7 @@ class World(Generic[E]):
                     if last._left:
                         _release(item._signal)
                 last = item
+                item.group = group
                 answered += 1
             if followers:
                 entries = followers.get(item.envelope.address)
@@ -778,7 +787,7 @@ class World(Generic[E]):
                         if seq >= since:
                             subscription._push(new_state)
         if self.pipelined:
-            self._regroup.answered(answered, self._arrived)
+            self._regroup.answered(group, answered)
         if first is not None:
             _release(first._signal)
         for item, error in batch.failed:

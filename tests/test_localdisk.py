@@ -599,10 +599,13 @@ def test_on_a_slow_disk_looping_threads_regroup_into_one_commit(tmp_path: Path) 
 def test_the_committer_waits_only_when_the_answered_callers_return_within_a_commit() -> None:
     regroup = Regroup()
     assert not regroup.pays(8)  # nothing measured yet
-    regroup.answered(4, arrived=0)
-    regroup.back()  # all four are back
+    regroup.answered(group=1, count=4)
+    for _ in range(3):
+        regroup.came_back()
+    assert regroup.back_after is None  # one is still away
+    regroup.came_back()
     took = regroup.back_after
-    regroup.answered(4, arrived=4)
+    regroup.answered(group=2, count=4)
     assert took is not None and regroup.per_caller == took / 4  # measured per caller
     regroup.commit_seconds, regroup.per_caller = 0.002, 0.0001
     assert regroup.pays(4)  # 4 answered + 4 queued are back in 0.8 ms, within a 2 ms commit
