@@ -256,7 +256,7 @@ class Regroup:
     group its last call was answered in), per caller, since the group to wait
     for is larger than the groups seen while not waiting. The committer waits
     only when the whole group is expected back within a commit, and never
-    longer than one commit.
+    longer than one commit or twice the time expected.
     """
 
     __slots__ = ("commit_seconds", "per_caller", "group", "count", "at", "returned", "back_after", "waiting", "bell")
@@ -307,12 +307,15 @@ class Regroup:
         """
         if not self.pays(queued):
             return
+        assert self.per_caller is not None
+        # Up to twice the expected wait: callers that late are not coming back soon.
+        timeout = min(self.commit_seconds, 2 * self.per_caller * (self.count + queued))
         bell = self.bell
         bell.acquire(blocking=False)  # forget a ring meant for an earlier wait
         self.waiting = True
         try:
             if self.back_after is None:
-                bell.acquire(timeout=self.commit_seconds)
+                bell.acquire(timeout=timeout)
         finally:
             self.waiting = False
 
