@@ -726,7 +726,7 @@ class World(Generic[E]):
             if self._released:  # close() ran; nothing can be written any more
                 _fail_items(batch.items(), ClosedError(f"{self!r} was closed before committing"))
                 continue
-            started = time.perf_counter()
+            started = time.perf_counter() if self.pipelined else 0.0  # only a committer thread regroups
             try:
                 self._commit(batch)
             except BaseException as exc:
@@ -734,7 +734,8 @@ class World(Generic[E]):
                 if not isinstance(exc, Exception):
                     raise
                 continue
-            self._regroup.committed(time.perf_counter() - started)
+            if self.pipelined:
+                self._regroup.committed(time.perf_counter() - started)
             self._publish(batch)
             committed = batch
 
