@@ -19,7 +19,9 @@ otherwise the committer in charge picks it up before it lets go of the lock,
 and a durable store keeps a committer thread for that (``pipelined``) so an
 inline caller is never kept committing other callers' batches. That thread may
 wait, up to one commit, for the thread callers it just answered, when they come
-back fast enough to share the next commit (``Regroup``).
+back fast enough to share the next commit (``Regroup``). The worker, finding a
+long queue while the disk is idle, hands it the first half before processing
+the rest (``_splits``), so asyncio callers settle into two halves that take turns.
 
 * ``send_sync``/``send`` called from a plain thread process inline (no thread
   hop): the caller processes the queue up to its own message, together with
@@ -352,6 +354,8 @@ class World(Generic[E]):
     batch_size = 512
     #: commits are slow (a durable store): a committer thread commits while others process
     pipelined: ClassVar[bool] = False
+    #: a worker finding this many messages queued while the disk is idle commits half first
+    split_at = 64
 
     def __init__(
         self,
@@ -582,12 +586,12 @@ class World(Generic[E]):
 
     # -- processing (under the run lock) -------------------------------------------------
 
-    def _process_queue(self, target: Item | None) -> None:
+    def _process_queue(self, target: Item | None, limit: int = 0) -> None:
         """Process queued messages into the open batch.
 
         With a ``target`` (an inline caller), stop once it is processed and the
         next message is a cascade rather than another caller's; otherwise take
-        up to ``batch_size`` messages.
+        up to ``limit`` messages (``batch_size`` if 0).
         """
         queue = self._queue
         states = self._states
@@ -597,7 +601,7 @@ class World(Generic[E]):
         recent = self._recent_messages
         batch = self._open
         done, failed, produced = batch.done, batch.failed, batch.produced
-        limit = self.batch_size
+        limit = limit or self.batch_size
         reached = target is None
         count = 0
         marks = thread_marks
@@ -833,12 +837,31 @@ class World(Generic[E]):
                 with self._run_lock:
                     if self._closed:
                         break
-                    self._process_queue(None)
+                    split = self._splits()
+                    self._process_queue(None, min(len(self._queue) // 2, self.batch_size) if split else 0)
+                    if split and self._open:
+                        self._seal()
                     full = len(self._open) >= self.batch_size
-                if not full and self.pipelined:
+                if split:
+                    self._kick_committer()  # it writes the first half while this processes the rest
+                elif not full and self.pipelined:
                     self._flush(None)  # commit here if the disk is free, else leave it to the committer
                 else:  # in memory, or the committer is behind: commit here (back-pressure)
                     self._commit_here()
+
+    def _splits(self) -> bool:
+        """Under the run lock: whether the worker should start the idle disk on half the queue.
+
+        Processing a long queue into one batch leaves the disk idle until all of it
+        is processed, and then the Python work idle while the disk writes it all:
+        asyncio callers answered by one commit all come back together, so this
+        repeats every round. Committing the first half while the second half is
+        processed overlaps the two, and the halves then stay apart (each comes back
+        while the other is written). Measured on LocalDisk on a 2-vCPU VM: 64 and
+        128 asyncio tasks made 1.2-1.4x as many calls per second; at 32 the extra
+        commit cost as much as the overlap saved, hence ``split_at``.
+        """
+        return self.pipelined and len(self._queue) >= self.split_at and not self._commit_lock.locked()
 
     def _commit_loop(self) -> None:
         """The committer of a durable store: commits while others process."""

@@ -561,6 +561,48 @@ def test_concurrent_asyncio_tasks_share_one_commit(tmp_path: Path) -> None:
         assert world.commits == 1
 
 
+class SizedDisk(LocalDisk[Any]):
+    """Records how many messages each commit carried."""
+
+    sizes: list[int]
+
+    def _commit(self, batch: Batch) -> None:
+        super()._commit(batch)
+        self.sizes.append(len(batch))
+
+
+@pytest.mark.parametrize("disk_busy", [False, True], ids=["disk idle", "commit in flight"])
+def test_a_long_queue_is_split_in_two_commits_only_when_the_disk_is_idle(tmp_path: Path, disk_busy: bool) -> None:
+    # With the disk idle the worker commits the first half while it processes the second;
+    # behind a commit in flight, one batch of everything waits no longer than two would.
+    world = SizedDisk(App, tmp_path / "split.db")
+    world.sizes = []
+    count = world.split_at
+
+    async def main() -> list[int]:
+        await world.asend_sync(Counter.post("warm-up", Increment()))  # starts the worker
+        world.sizes.clear()
+        world._run_lock.acquire()  # hold the engine while all tasks queue up
+        committing = world._committing()  # held as a commit (or a reader of state) holds it
+        if disk_busy:
+            committing.__enter__()
+        tasks = [asyncio.ensure_future(world.asend_sync(Counter.post(f"a{n}", Increment()))) for n in range(count)]
+        while len(world._queue) < count:
+            await asyncio.sleep(0.001)
+        world._run_lock.release()
+        if disk_busy:
+            while world._queue or len(world._open) + sum(map(len, world._sealed)) < count:
+                await asyncio.sleep(0.001)
+            committing.__exit__(None, None, None)  # lets go, then hands what is processed to the committer
+        return await asyncio.gather(*tasks)
+
+    with world:
+        assert asyncio.run(main()) == [1] * count
+        assert world.sizes == ([count] if disk_busy else [count // 2, count // 2])
+    with LocalDisk(App, tmp_path / "split.db") as reopened:
+        assert [reopened.state(Counter.address(f"a{n}")) for n in range(count)] == [1] * count
+
+
 class SlowDisk(LocalDisk[Any]):
     """A disk whose commits take 20 ms (the file is real; the sleep stands in for a slow fsync)."""
 
