@@ -603,15 +603,12 @@ def test_a_long_queue_is_split_in_two_commits_only_when_the_disk_is_idle(tmp_pat
         assert [reopened.state(Counter.address(f"a{n}")) for n in range(count)] == [1] * count
 
 
-class SlowDisk(LocalDisk[Any]):
+class SlowDisk(SizedDisk):
     """A disk whose commits take 20 ms (the file is real; the sleep stands in for a slow fsync)."""
 
-    sizes: list[int]
-
     def _commit(self, batch: Batch) -> None:
-        super()._commit(batch)
         time.sleep(0.02)
-        self.sizes.append(len(batch))
+        super()._commit(batch)
 
 
 def test_on_a_slow_disk_looping_threads_regroup_into_one_commit(tmp_path: Path) -> None:
