@@ -25,6 +25,7 @@ exclusive locking mode keeps foreign SQLite clients out while it is open.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import functools
@@ -32,6 +33,7 @@ import json
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -99,6 +101,19 @@ def key_seq(key: bytes) -> int:
     return int(key[key.index(b":") + 1:])
 
 
+#: files this process inherited open from the process it was forked from (see DbmFile.forsake)
+_inherited: set[Path] = set()
+_open_files: weakref.WeakSet[DbmFile] = weakref.WeakSet()
+
+
+def _forsake_inherited() -> None:
+    for file in list(_open_files):
+        file.forsake()
+
+
+os.register_at_fork(after_in_child=_forsake_inherited)
+
+
 def lock_path(path: Path) -> Path:
     return path.with_name(path.name + ".lock")
 
@@ -138,6 +153,16 @@ class FileLock:
         except (OSError, ValueError):
             return ""
         return " in this process" if pid == os.getpid() else f" by process {pid}"
+
+    def forsake(self) -> None:
+        """In a forked child: close the inherited descriptor, keeping the lock for the parent.
+
+        Unlocking would unlock the parent too (the lock is on the shared open file
+        description); keeping the descriptor would keep the lock after the parent died.
+        """
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def release(self) -> None:
         if self._fd is not None:
@@ -209,19 +234,23 @@ class DbmFile:
     Every method raises ``StorageError`` (never a raw ``sqlite3`` error) naming
     the path. Calls are serialised by a lock of its own: the ecosystem's
     committer writes while other threads may read states on a cache miss.
+    A child forked while it is open leaves it alone (``forsake``).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = True, readonly: bool = False) -> None:
         self.path = Path(os.fspath(path)).absolute()
         self.readonly = readonly
         self._use = threading.Lock()
+        self._forsaken = False
         self._lock = FileLock(self.path)
         try:
             self.conn = self._connect(create)
+            _open_files.add(self)
             self.format = self._check_format()
             if not readonly:
                 self._enable_wal()  # only now: switching a foreign file to WAL would rewrite its header
         except BaseException:
+            _open_files.discard(self)
             conn = getattr(self, "conn", None)
             if conn is not None:
                 conn.close()
@@ -230,6 +259,14 @@ class DbmFile:
 
     def _connect(self, create: bool) -> sqlite3.Connection:
         path = self.path
+        if path.resolve() in _inherited:
+            # SQLite sees the inherited connection, which this process may never close, as
+            # still holding the file: it would refuse with "database is locked".
+            raise StorageError(
+                f"cannot open {path} in this process: it is a fork of a process that had the file open "
+                "when it forked. Open it in a process that did not inherit it open, such as one "
+                "started with multiprocessing's 'spawn' or 'forkserver' method"
+            )
         if not path.parent.is_dir():
             raise StorageError(f"cannot open {path}: the directory {path.parent} does not exist")
         if path.exists():
@@ -414,7 +451,23 @@ class DbmFile:
                     raise storage_error(self.path, "committing", exc) from exc
                 raise
 
+    def forsake(self) -> None:
+        """In a child forked while the file was open: never touch it again, not even to close it.
+
+        Closing the connection, which a child does when it exits and frees it, makes
+        SQLite checkpoint the write-ahead log and delete it, under the parent still
+        writing to it: the parent's later commits would then be lost in a crash. So
+        the child keeps an extra reference that is never given back.
+        """
+        self._forsaken = True
+        _inherited.add(self.path.resolve())
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(self.conn))
+        self._lock.forsake()
+
     def close(self) -> None:
+        if self._forsaken:
+            return
+        _open_files.discard(self)
         try:
             with self._use:
                 self.conn.close()  # checkpoints the WAL into the file and removes it

@@ -43,8 +43,10 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Generic, TypeVar
@@ -238,6 +240,18 @@ class Doorbell:
 
 _groups = itertools.count()  # group numbers, unique across worlds (a thread may use several)
 
+# Open worlds, so that a forked child can let go of the ones it inherited (see World._forsake).
+_open_worlds: weakref.WeakSet[World[Any]] = weakref.WeakSet()
+
+
+def _forsake_inherited() -> None:
+    for world in list(_open_worlds):
+        if world.closed_in_forked_children and not world._closed:
+            world._forsake()
+
+
+os.register_at_fork(after_in_child=_forsake_inherited)
+
 
 class Regroup:
     """Whether the committer, having answered thread callers, waits for them to come back.
@@ -356,6 +370,8 @@ class World(Generic[E]):
     pipelined: ClassVar[bool] = False
     #: a worker finding this many messages queued while the disk is idle commits half first
     split_at = 64
+    #: a child forked while the world is open cannot use it (see ``_forsake``)
+    closed_in_forked_children: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -385,6 +401,8 @@ class World(Generic[E]):
         self._commit_wake = Doorbell()
         self._committer: threading.Thread | None = None
         self._regroup = Regroup()
+        self._pid = os.getpid()
+        _open_worlds.add(self)
 
     # -- public API -----------------------------------------------------------------
 
@@ -443,18 +461,21 @@ class World(Generic[E]):
 
     def dead_letters(self) -> list[DeadLetter]:
         """Messages whose activation failed with nobody waiting, oldest first."""
+        self._check_open()
         with self._committing():  # dead letters are written by commits
             return list(self._dead.values())
 
     def retry(self, dead_letter: DeadLetter) -> None:
         """Send a dead letter again (after fixing the cause); it leaves the list."""
         forbid_inside_activation("retry")
+        self._check_open()
         with self._committing():
             self._take_dead_letter(dead_letter)
         self.send(dead_letter.envelope)
 
     def discard(self, dead_letter: DeadLetter) -> None:
         """Drop a dead letter for good."""
+        self._check_open()
         with self._committing():
             self._take_dead_letter(dead_letter)
 
@@ -464,6 +485,7 @@ class World(Generic[E]):
             return
         with self._run_lock:
             self._closed = True
+        _open_worlds.discard(self)
         self._wake.ring()
         self._commit_wake.ring()
         for thread in (self._worker, self._committer):
@@ -504,9 +526,29 @@ class World(Generic[E]):
 
     # -- callers ----------------------------------------------------------------------
 
+    #: what ``_check_open`` says once the world is closed
+    _closed_reason = "is closed: open a new one to keep working"
+
     def _check_open(self) -> None:
+        """Raise ClosedError if closed. Public methods call it before taking any lock:
+        in a forked child a lock may be held for good by a thread that is not there."""
         if self._closed:
-            raise ClosedError(f"{self!r} is closed: open a new one to keep working")
+            raise ClosedError(f"{self!r} {self._closed_reason}")
+
+    def _forsake(self) -> None:
+        """In a child forked while this world was open: close it here without touching anything.
+
+        Its threads did not survive the fork, a lock may be held for good, and its
+        file or connections are the parent's: closing them from the child would harm
+        the parent (the store's own objects let go of them without closing, see
+        ``DbmFile.forsake``). Every call in the child raises ClosedError saying why.
+        """
+        self._closed = True
+        self._released = True
+        self._closed_reason = (
+            f"belongs to process {self._pid}, and this process ({os.getpid()}) is a fork of it: "
+            "an ecosystem serves the process that opened it; open one in this process (after forking) instead"
+        )
 
     def _spec_for_address(self, address: Address[Any, Any, Any]) -> EntitySpec:
         if not isinstance(address, Address):
@@ -564,6 +606,7 @@ class World(Generic[E]):
         """The state after every message processed so far, once committed; with ``on_close``,
         a subscription to it, registered so that it is pushed every later batch."""
         spec = self._spec_for_address(address)
+        self._check_open()
         for _ in range(2):  # once more if a commit failed meanwhile: the state is then reread
             with self._committing():  # nobody else publishes until what we read is committed
                 with self._run_lock:

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,55 @@ def test_crash_loop_kill_9_at_random_moments_loses_and_repeats_nothing(tmp_path:
     acked = _acks(acks)
     assert kills >= 10
     assert all(acked.values()), f"some sender never got an ack (seed {seed}): {[len(v) for v in acked.values()]}"
+
+
+def test_a_forked_child_cannot_use_or_harm_the_file_its_parent_has_open(tmp_path: Path) -> None:
+    """A child forked while a LocalDisk is open gets clear errors and, exiting normally,
+    leaves the parent's file alone: SQLite closing the inherited connection would delete
+    the write-ahead log under the parent, and a crash would then lose its later commits."""
+    path = tmp_path / "forked.db"
+    proc = start("fork", str(path), "20")
+    assert proc.stdout is not None
+    lines = []
+    watchdog = threading.Timer(3 * WAIT, proc.kill)
+    watchdog.start()
+    try:
+        while not (lines and lines[-1].startswith("acked")):
+            line = proc.stdout.readline()
+            if not line:
+                proc.kill()
+                pytest.fail(f"the forking process ended early: {lines}\n{proc.communicate()[1]}")
+            lines.append(line.strip())
+    finally:
+        watchdog.cancel()
+    child = {line.split(":")[0]: line for line in lines if line.startswith("child ")}
+    for name in ("send_sync", "state", "dead_letters", "asend_sync", "memory"):
+        assert "ClosedError" in child[f"child {name}"], child
+        assert f"belongs to process {proc.pid}, and this process" in child[f"child {name}"]
+    assert f"AlreadyOpenError: {path} is already open by process {proc.pid}" in child["child reopen"]
+    assert child["child fresh InMemory"] == "child fresh InMemory: 1"  # a world opened after forking works
+    assert lines.count("child exit 0") == 2
+    assert "child dropped the world" in lines
+    assert lines[-1] == "acked 40"
+    kill9(proc)
+    with LocalDisk(App, path) as world:
+        assert world.state(Counter.address("c")) == 40
+
+
+def test_a_forked_child_cannot_reopen_the_file_it_inherited_open(tmp_path: Path) -> None:
+    path = tmp_path / "inherited.db"
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.helpers_localdisk.child", "fork-reopen", str(path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        f"child: StorageError: cannot open {path} in this process: it is a fork of a process that had "
+        "the file open when it forked. Open it in a process that did not inherit it open, such as one "
+        "started with multiprocessing's 'spawn' or 'forkserver' method",
+        "child exit 0",
+        "counter 3",
+    ]
 
 
 def test_a_second_process_gets_a_clear_error_naming_the_path(tmp_path: Path) -> None:

@@ -38,3 +38,27 @@ def test_three_nodes_share_work_and_a_follower_elsewhere_sees_every_state(namesp
         assert sum(shares) == JOBS * 2 + RECORDS
         assert all(share > 0 for share in shares), f"work was not shared: {shares}"
         assert all(here.state(Worker.address(f"w{i}")) == 1 for i in range(JOBS))
+
+
+def test_a_forked_child_cannot_use_the_node_its_parent_opened(namespace: str) -> None:
+    """The child shares the parent's connections: using them from two processes would mix
+    their conversations with the server. The child gets a clear error; the parent carries on."""
+    import subprocess
+    import sys
+
+    from tests.entities import App, Counter
+    from tests.helpers_postgres.support import ROOT
+
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.helpers_postgres.fork", DSN, namespace, "7"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0, done.stderr
+    for name in ("send_sync", "state"):
+        line = next(line for line in lines if line.startswith(f"child {name}:"))
+        assert "ClosedError" in line and "is a fork of it" in line, line
+    assert "child exit 0" in lines
+    assert lines[-1] == "acked 14"
+    with Postgres(App, DSN, namespace=namespace, workers=0) as world:
+        assert world.state(Counter.address("c")) == 14  # the child's attempt changed nothing

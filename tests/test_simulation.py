@@ -412,3 +412,25 @@ def test_context_manager_types_and_closes() -> None:
     with Simulation(App) as sim:
         assert sim.exhaust([A.post(Increment())]).worlds == 2
     assert sim.closed
+
+
+def test_a_forked_child_gets_a_working_independent_copy() -> None:
+    """Unlike the other ecosystems (closed in a forked child), a simulation has no threads,
+    files or connections: the parallel checker forks with it, and so may users."""
+    import os
+
+    sim = Simulation(App)
+    sim.send_sync(Counter.post("c", Increment()))
+    answer, tell = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child, which reports through the pipe
+        try:
+            os.write(tell, repr(sim.send_sync(Counter.post("c", Increment(by=10)))).encode())
+        finally:
+            os._exit(0)
+    os.close(tell)
+    got = os.read(answer, 100)
+    os.close(answer)
+    os.waitpid(child, 0)
+    assert got == b"11"
+    assert sim.state(Counter.address("c")) == 1  # the child's copy is its own

@@ -167,6 +167,7 @@ class LocalDisk(World[E]):
 
     def dead_letters(self) -> list[DeadLetter]:
         """Persisted dead letters, oldest first (they survive restarts)."""
+        self._check_open()
         with self._committing():
             self._check_open()
             return [self._dead_letter(key, data) for key, data in self._file.scan(DEAD)]
@@ -174,6 +175,7 @@ class LocalDisk(World[E]):
     def retry(self, dead_letter: DeadLetter) -> None:
         """Send a dead letter again: it moves back to pending atomically, then is delivered."""
         forbid_inside_activation("retry")
+        self._check_open()
         with self._committing():
             dead_key = self._stored_dead_letter(dead_letter)
             row = seq_key(PENDING, self._next_pending)

@@ -46,6 +46,9 @@ class Simulation(World[E]):
     hanging).
     """
 
+    # No threads, files or connections: a forked child gets a working, independent copy.
+    closed_in_forked_children = False
+
     def __init__(
         self,
         declaration: type[Ecosystem[E]],

@@ -7,14 +7,23 @@ Modes:
   burst PATH N           one send_sync that fans out N messages, then exit at once
                          (no close: the pending messages are left as a crash leaves them)
   hold PATH              open the file, print "open", wait to be killed
+  fork PATH N            send_sync N increments, then fork twice: once while a thread keeps
+                         sending (the child tries the inherited worlds and prints what each
+                         attempt raised), once while idle (the child drops the world, which
+                         frees it); each child exits normally. Then send N more, print
+                         "acked 2N" and wait to be killed
+  fork-reopen PATH       send 3 increments and fork; the parent closes the file, then the
+                         child tries to open it and prints what that raised
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from pachyderm_typed.ecosystems import LocalDisk
 from tests.helpers_localdisk.workload import Entry, Fan, Log, Relay, Spread, Work
@@ -80,6 +89,103 @@ def hold(path: str) -> None:
     time.sleep(60)
 
 
+def fork(path: str, n: int) -> None:
+    import asyncio
+    import gc
+
+    from pachyderm_typed.ecosystems import InMemory
+    from tests.entities import App, Counter, Increment
+
+    world = LocalDisk(App, path)
+    memory = InMemory(App)
+    memory.send_sync(Counter.post("m", Increment()))
+    for _ in range(n):
+        world.send_sync(Counter.post("c", Increment()))
+
+    def in_child(run: Callable[[], None]) -> None:
+        child = os.fork()
+        if child == 0:
+            signal.alarm(20)  # a call that hangs in the child ends it: the parent reports the signal
+            run()
+            sys.exit(0)  # a normal exit: the child's interpreter finalizes what it inherited
+        _, status = os.waitpid(child, 0)
+        print(f"child exit {os.waitstatus_to_exitcode(status)}", flush=True)
+
+    def try_everything() -> None:
+        attempts = {
+            "send_sync": lambda: world.send_sync(Counter.post("c", Increment())),
+            "state": lambda: world.state(Counter.address("c")),
+            "dead_letters": world.dead_letters,
+            "asend_sync": lambda: asyncio.run(world.asend_sync(Counter.post("c", Increment()))),
+            "memory": lambda: memory.send_sync(Counter.post("m", Increment())),
+            "reopen": lambda: LocalDisk(App, path),
+        }
+        for name, attempt in attempts.items():
+            try:
+                attempt()
+                print(f"child {name}: no error", flush=True)
+            except Exception as exc:
+                print(f"child {name}: {type(exc).__name__}: {exc}", flush=True)
+        with InMemory(App) as fresh:
+            print(f"child fresh InMemory: {fresh.send_sync(Counter.post('m', Increment()))}", flush=True)
+
+    # First fork while another thread keeps the engine busy: its locks may be held then.
+    busy = threading.Event()
+    stop = threading.Event()
+
+    def keep_sending() -> None:
+        while not stop.is_set():
+            world.send_sync(Counter.post("other", Increment()))
+            busy.set()
+
+    sender = threading.Thread(target=keep_sending)
+    sender.start()
+    busy.wait()
+    in_child(try_everything)
+    stop.set()
+    sender.join()
+
+    # Then fork while no thread is inside the world (the child can then free it: a thread
+    # caught inside it at the fork would keep it alive in the child), and drop it there.
+    def drop_it() -> None:
+        nonlocal world
+        world.close()
+        del world
+        gc.collect()
+        print("child dropped the world", flush=True)
+
+    in_child(drop_it)
+    for _ in range(n):
+        total = world.send_sync(Counter.post("c", Increment()))
+    print(f"acked {total}", flush=True)
+    time.sleep(60)
+
+
+def fork_reopen(path: str) -> None:
+    from tests.entities import App, Counter, Increment
+
+    world = LocalDisk(App, path)
+    for _ in range(3):
+        world.send_sync(Counter.post("c", Increment()))
+    closed_read, closed_write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        signal.alarm(20)
+        os.read(closed_read, 1)  # the parent has closed the file
+        try:
+            LocalDisk(App, path).close()
+            print("child: opened", flush=True)
+        except Exception as exc:
+            print(f"child: {type(exc).__name__}: {exc}", flush=True)
+        sys.exit(0)
+    world.close()
+    os.write(closed_write, b"!")
+    _, status = os.waitpid(child, 0)
+    print(f"child exit {os.waitstatus_to_exitcode(status)}", flush=True)
+    with LocalDisk(App, path) as again:
+        print(f"counter {again.state(Counter.address('c'))}", flush=True)
+
+
 if __name__ == "__main__":
     mode, path, *rest = sys.argv[1:]
     if mode == "load":
@@ -90,5 +196,9 @@ if __name__ == "__main__":
         burst(path, int(rest[0]))
     elif mode == "hold":
         hold(path)
+    elif mode == "fork":
+        fork(path, int(rest[0]))
+    elif mode == "fork-reopen":
+        fork_reopen(path)
     else:
         raise SystemExit(f"unknown mode {mode}")
