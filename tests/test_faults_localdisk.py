@@ -502,10 +502,10 @@ def test_disk_full(full_disk: FullDisk, children: list[Child]) -> None:
     assert all(part in text for part in full_disk.says), f"the refusal does not say {full_disk.says}: {text}"
     assert str(path) in text and "nothing was changed" in text, text
     assert number > 0, "the very first write was refused: the disk was too small to test anything"
-    assert child.wait_for("state refused")[1] == 'state refused ""', "the refused write was applied in memory"
-    assert child.wait_for("state previous")[1] == "state previous true", "the last acknowledged write is unreadable"
     full_disk.free()
     child.say("freed")
+    assert child.wait_for("state refused")[1] == 'state refused ""', "the refused write was applied in memory"
+    assert child.wait_for("state previous")[1] == "state previous true", "the last acknowledged write is unreadable"
     child.wait_for("closed")
     assert child.proc.wait(WAIT) == 0
     assert not [line for line in child.lines if line.startswith("still refused")], child.lines[-3:]

@@ -249,13 +249,15 @@ def fill(path: str, pad: int, fsize: int) -> None:
         if i == 100_000:
             say("never refused")
             return
-    # The refused write left nothing behind, and what was acknowledged is still readable.
-    say(f"state refused {json.dumps(world.state(Blob.address(f'b{i}')))}")
-    previous = world.state(Blob.address(f"b{i - 1}"))
-    say(f"state previous {json.dumps(previous == f'b{i - 1}:' + 'x' * pad)}")
     sys.stdin.readline()  # the parent freed some space (or tells us to lift the limit)
     if fsize:
         resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+    # The refused write left nothing behind, and what was acknowledged is still readable.
+    # Only now: state() first commits what was processed before it (the worker may have
+    # delivered reloaded pending notes meanwhile), which a full disk refuses.
+    say(f"state refused {json.dumps(world.state(Blob.address(f'b{i}')))}")
+    previous = world.state(Blob.address(f"b{i - 1}"))
+    say(f"state previous {json.dumps(previous == f'b{i - 1}:' + 'x' * pad)}")
     try:
         for j in range(i, i + 3):  # the same ecosystem, still open, works again
             put(j)
