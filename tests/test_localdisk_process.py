@@ -19,7 +19,7 @@ import pytest
 from pachyderm_typed import AlreadyOpenError
 from pachyderm_typed.ecosystems import LocalDisk
 from tests.entities import App, Counter, Increment
-from tests.helpers_localdisk.workload import Fan, Log, Relay, Work
+from tests.helpers_localdisk.workload import Entry, Fan, Log, Relay, Work
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 20.0
@@ -185,6 +185,31 @@ def test_a_forked_child_cannot_reopen_the_file_it_inherited_open(tmp_path: Path)
         "child exit 0",
         "counter 3",
     ]
+
+
+def test_ctrl_c_in_the_main_thread_loses_strands_and_doubles_nothing(tmp_path: Path) -> None:
+    """SIGINT raises KeyboardInterrupt in the main thread wherever it is. Other callers'
+    work must not suffer: no caller left waiting forever, no commit that landed reported
+    as refused ("nothing was changed"), nothing applied twice, nothing acknowledged lost."""
+    path, out = tmp_path / "interrupted.db", tmp_path / "outcomes.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.helpers_localdisk.child", "interrupted", str(path), "2", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=90,  # a stranded caller hangs the child
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert report["interrupts"] > 100  # the signals landed while calls were under way
+    with LocalDisk(Work, path) as world:
+        for log, outcomes in report["outcomes"].items():
+            entries = world.state(Log.address(log))
+            assert len(set(entries)) == len(entries), f"{log}: a call was applied twice"
+            applied = set(entries)
+            for n, outcome in outcomes.items():
+                if outcome == "acknowledged":
+                    assert int(n) in applied, f"{log}: acknowledged call {n} lost"
+                elif outcome == "refused":
+                    assert int(n) not in applied, f"{log}: call {n} refused as 'nothing was changed' but applied"
+            assert applied <= {int(n) for n in outcomes}
 
 
 def test_a_second_process_gets_a_clear_error_naming_the_path(tmp_path: Path) -> None:

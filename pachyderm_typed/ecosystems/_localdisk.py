@@ -168,6 +168,9 @@ class LocalDisk(World[E]):
     def dead_letters(self) -> list[DeadLetter]:
         """Persisted dead letters, oldest first (they survive restarts)."""
         self._check_open()
+        return self._shielded(self._stored_dead_letters)
+
+    def _stored_dead_letters(self) -> list[DeadLetter]:
         with self._committing():
             self._check_open()
             return [self._dead_letter(key, data) for key, data in self._file.scan(DEAD)]
@@ -176,14 +179,18 @@ class LocalDisk(World[E]):
         """Send a dead letter again: it moves back to pending atomically, then is delivered."""
         forbid_inside_activation("retry")
         self._check_open()
+        call = self._thread_call(dead_letter.envelope, raises=False)
+        self._shielded(lambda: self._revive(dead_letter, call))
+        self._run_until(call)
+
+    def _revive(self, dead_letter: DeadLetter, call: ThreadCall) -> None:
+        """Move the dead letter back to pending, as ``call``'s message, and queue it."""
         with self._committing():
             dead_key = self._stored_dead_letter(dead_letter)
-            row = seq_key(PENDING, self._next_pending)
+            call.row = seq_key(PENDING, self._next_pending)
             self._next_pending += 1
-            self._file.write([(row, self._codec.encode_message(dead_letter.envelope))], [dead_key])
-            call = ThreadCall(dead_letter.envelope, raises=False, row=row)
+            self._file.write([(call.row, self._codec.encode_message(dead_letter.envelope))], [dead_key])
             self._queue.append(call)
-        self._run_until(call)
 
     # -- store hooks ----------------------------------------------------------------
 

@@ -14,6 +14,10 @@ Modes:
                          "acked 2N" and wait to be killed
   fork-reopen PATH       send 3 increments and fork; the parent closes the file, then the
                          child tries to open it and prints what that raised
+  interrupted PATH S OUT for S seconds 4 threads and the main thread send_sync numbered
+                         entries while a thread sends this process SIGINT every 0-3 ms;
+                         the main thread catches each KeyboardInterrupt and goes on. Then
+                         close and write each call's outcome to OUT (JSON)
 """
 
 from __future__ import annotations
@@ -186,6 +190,56 @@ def fork_reopen(path: str) -> None:
         print(f"counter {again.state(Counter.address('c'))}", flush=True)
 
 
+def interrupted(path: str, seconds: float, out: str) -> None:
+    import json
+    import random
+
+    from pachyderm_typed.errors import StorageError
+
+    world = LocalDisk(Work, path)
+    outcomes: dict[str, dict[int, str]] = {f"log{slot}": {} for slot in range(5)}
+    stop = time.monotonic() + seconds
+
+    def send(slot: int, n: int) -> None:
+        try:
+            world.send_sync(Log.post(f"log{slot}", Entry(n)))
+            outcomes[f"log{slot}"][n] = "acknowledged"
+        except StorageError:  # "nothing was changed": it must not be applied
+            outcomes[f"log{slot}"][n] = "refused"
+
+    def sender(slot: int) -> None:
+        n = 0
+        while time.monotonic() < stop:
+            send(slot, n)
+            n += 1
+
+    def interrupter() -> None:
+        rng = random.Random()
+        while time.monotonic() < stop:
+            time.sleep(rng.uniform(0, 0.003))
+            os.kill(os.getpid(), signal.SIGINT)
+
+    threads = [threading.Thread(target=sender, args=(slot,)) for slot in range(1, 5)]
+    poker = threading.Thread(target=interrupter)
+    for thread in (*threads, poker):
+        thread.start()
+    interrupts = n = 0
+    while poker.is_alive():
+        try:
+            outcomes["log0"][n] = "interrupted"  # until the call returns: maybe applied, at most once
+            send(0, n)
+        except KeyboardInterrupt:
+            interrupts += 1
+        n += 1
+    poker.join()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a signal still in flight
+    for thread in threads:
+        thread.join()
+    world.close()
+    with open(out, "w") as file:
+        json.dump({"interrupts": interrupts, "outcomes": outcomes}, file)
+
+
 if __name__ == "__main__":
     mode, path, *rest = sys.argv[1:]
     if mode == "load":
@@ -200,5 +254,7 @@ if __name__ == "__main__":
         fork(path, int(rest[0]))
     elif mode == "fork-reopen":
         fork_reopen(path)
+    elif mode == "interrupted":
+        interrupted(path, float(rest[0]), rest[1])
     else:
         raise SystemExit(f"unknown mode {mode}")
