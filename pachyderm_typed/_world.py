@@ -983,6 +983,8 @@ class World(Generic[E]):
                     split = main is None and self._splits()
                     if main is not None and not main.consumed:
                         self._process_queue(main)  # as the main thread would have: not its cascade
+                        if not main.consumed:  # a full batch before reaching it
+                            self._main_call = main
                     else:
                         self._process_queue(None, min(len(self._queue) // 2, self.batch_size) if split else 0)
                     if split:

@@ -571,10 +571,27 @@ class SizedDisk(LocalDisk[Any]):
         self.sizes.append(len(batch))
 
 
+def test_a_main_thread_call_is_committed_without_the_cascade_it_causes(tmp_path: Path) -> None:
+    """The main thread hands its call to the worker (see MainThreadCall), which processes it
+    as the caller would have: up to its message, so its commit does not wait for the
+    messages its activation sent. (pytest runs tests in the main thread.)"""
+    world = SizedDisk(LogWork, tmp_path / "main.db")
+    world.sizes = []
+    with world:
+        assert world.send_sync(Fan.post("f", Spread("log", 50))) == 1
+        deadline = time.monotonic() + 20
+        while len(world.state(Log.address("log"))) < 50 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert world.state(Log.address("log")) == tuple(range(50))
+    assert world.sizes[0] == 1, world.sizes  # the Fan's message alone
+    assert sum(world.sizes) == 51
+
+
 @pytest.mark.parametrize("disk_busy", [False, True], ids=["disk idle", "commit in flight"])
 def test_a_long_queue_is_split_in_two_commits_only_when_the_disk_is_idle(tmp_path: Path, disk_busy: bool) -> None:
-    # With the disk idle the worker commits the first half while it processes the second;
-    # behind a commit in flight, one batch of everything waits no longer than two would.
+    # With the disk idle the worker commits the queue in two halves, so that the first half's
+    # callers resume while the second is written; behind a commit in flight, one batch of
+    # everything waits no longer than two would.
     world = SizedDisk(App, tmp_path / "split.db")
     world.sizes = []
     count = world.split_at
