@@ -31,8 +31,8 @@ asyncio callers settle into two halves that take turns.
   between any two steps (KeyboardInterrupt), and engine code stopped halfway
   would strand other callers' work or report a landed commit as failed. So the
   worker processes its message the same way while it waits (``MainThreadCall``),
-  and its other calls that take the engine's locks (state, follow, dead letters,
-  close) run on a short-lived thread (``_shielded``).
+  and its other calls that may commit (state and follow when something waits to be
+  committed, dead letters, close) run on a short-lived thread (``_shielded``).
 * The async twins never run activations on the event loop: they queue the
   message, wake the worker, and await a future resolved after the commit.
 
@@ -520,11 +520,11 @@ class World(Generic[E]):
 
     def state(self, address: Address[E, Any, S]) -> S:
         """The entity's current state: every message processed before the call, committed."""
-        return self._shielded(lambda: self._settled(address, None))  # type: ignore[no-any-return]
+        return self._settled_shielded(address, None)  # type: ignore[no-any-return]
 
     def follow(self, address: Address[E, Any, S]) -> Subscription[S]:
         """Follow the entity: ``.state`` now, then every later committed state, in order."""
-        return self._shielded(lambda: self._settled(address, self._unfollow))
+        return self._settled_shielded(address, self._unfollow)  # type: ignore[no-any-return]
 
     def dead_letters(self) -> list[DeadLetter]:
         """Messages whose activation failed with nobody waiting, oldest first."""
@@ -698,15 +698,28 @@ class World(Generic[E]):
         ):
             raise call.error
 
-    def _settled(self, address: Address[Any, Any, Any], on_close: Any) -> Any:
+    def _settled_shielded(self, address: Address[Any, Any, Any], on_close: Any) -> Any:
+        """``_settled``, safe from signals: in the main thread of a durable world, read inline
+        if nothing waits to be committed (a read leaves nothing half done), else run it on
+        its own thread (see ``_shielded``)."""
+        if self._guarded():
+            found = self._settled(address, on_close, commit=False)
+            if found is not MISSING:
+                return found
+        return self._shielded(lambda: self._settled(address, on_close))
+
+    def _settled(self, address: Address[Any, Any, Any], on_close: Any, commit: bool = True) -> Any:
         """The state after every message processed so far, once committed; with ``on_close``,
-        a subscription to it, registered so that it is pushed every later batch."""
+        a subscription to it, registered so that it is pushed every later batch.
+        ``commit=False``: MISSING instead of committing, if anything waits to be committed."""
         spec = self._spec_for_address(address)
         self._check_open()
         for _ in range(2):  # once more if a commit failed meanwhile: the state is then reread
             with self._committing():  # nobody else publishes until what we read is committed
                 with self._run_lock:
                     self._check_open()
+                    if not commit and (self._open or self._sealed):
+                        return MISSING
                     state = self._state_of(spec, address)
                     if self._open:
                         self._seal()

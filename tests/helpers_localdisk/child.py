@@ -15,7 +15,8 @@ Modes:
   fork-reopen PATH       send 3 increments and fork; the parent closes the file, then the
                          child tries to open it and prints what that raised
   interrupted PATH S OUT for S seconds 4 threads and the main thread send_sync numbered
-                         entries while a thread sends this process SIGINT every 0-3 ms;
+                         entries (the main thread reads a state after each) while a
+                         thread sends this process SIGINT every 0-3 ms;
                          the main thread catches each KeyboardInterrupt and goes on. Then
                          close and write each call's outcome to OUT (JSON)
 """
@@ -228,6 +229,7 @@ def interrupted(path: str, seconds: float, out: str) -> None:
         try:
             outcomes["log0"][n] = "interrupted"  # until the call returns: maybe applied, at most once
             send(0, n)
+            world.state(Log.address(f"log{n % 5}"))  # commits what the others sent first
         except KeyboardInterrupt:
             interrupts += 1
         n += 1
