@@ -72,7 +72,9 @@ class Kernel:
         """Run one activation; return ``(outbox, new_state)`` or raise ``ActivationError``."""
         try:
             result = spec.impl.activate(message, state)
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise  # Ctrl-C in the main thread: it stops the caller, as anywhere else
+        except BaseException as exc:  # SystemExit too: in an engine thread it would end the thread
             raise ActivationError(address, message, state, history(address), f"{type(exc).__name__}: {exc}") from exc
         if type(result) is not tuple or len(result) != 2:
             raise ActivationError(

@@ -259,8 +259,12 @@ class AsyncCall(Call):
             pass
 
 
-def _unloadable(address: Address[Any, Any, Any], message: object, exc: StorageError) -> ActivationError:
-    error = ActivationError(address, message, None, (), f"its stored state cannot be used: {exc}")
+def _unloadable(address: Address[Any, Any, Any], message: object, exc: Exception) -> ActivationError:
+    if isinstance(exc, StorageError):
+        reason = f"its stored state cannot be used: {exc}"
+    else:
+        reason = f"init({address.id!r}) raised {type(exc).__name__}: {exc}"  # as Postgres says it
+    error = ActivationError(address, message, None, (), reason)
     error.__cause__ = exc
     return error
 
@@ -773,9 +777,9 @@ class World(Generic[E]):
                 if state is MISSING:
                     try:
                         state = self._load(spec, address)
-                    except StorageError as exc:
-                        # An unreadable stored state (corrupt, from newer code) fails this
-                        # message alone; the record stays untouched.
+                    except Exception as exc:
+                        # An unreadable stored state (corrupt, from newer code), or an init
+                        # that raised, fails this message alone; a record stays untouched.
                         failed.append((item, _unloadable(address, envelope.message, exc)))
                         if item is target:
                             reached = True

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
+import sys
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,6 +16,8 @@ from pachyderm_typed import (
     ActivationError,
     ClosedError,
     Ecosystem,
+    Entity,
+    Outbox,
     MessageTypeError,
     SendInsideActivationError,
     UndeclaredEntityError,
@@ -190,6 +196,70 @@ def test_send_inside_activate_is_reported(make_world: MakeWorld) -> None:
     assert "outbox" in str(caught.value.__cause__)
     assert world.state(Hooked.address("h")) == 0
     assert world.state(Counter.address("side")) == 0
+
+
+@contextlib.contextmanager
+def hangs_fail(seconds: int = 20) -> Iterator[None]:
+    """Turn a call left waiting forever into a failure (pytest runs tests in the main thread,
+    where SIGALRM's handler can interrupt a blocked call)."""
+
+    def expired(signum: int, frame: object) -> None:
+        raise TimeoutError(f"still waiting after {seconds} s: the engine stopped answering")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class Fussy(Entity[str, Increment, int]):
+    """Its init refuses ids it has no record of, as one that looks its id up somewhere might."""
+
+    def init(self, entity_id: str) -> int:
+        if entity_id.startswith("unknown"):
+            raise LookupError(f"no record of {entity_id}")
+        return 0
+
+    def activate(self, message: Increment, state: int) -> tuple[Outbox, int]:
+        return [], state + message.by
+
+
+class FussyApp(Ecosystem[Fussy]): ...
+
+
+def test_an_init_that_raises_fails_that_message_alone(make_world: MakeWorld) -> None:
+    """From any caller, and for a message nobody waits for: the engine's threads carry on."""
+    world = make_world(FussyApp)
+    with hangs_fail():
+        with pytest.raises(ActivationError, match=r"init\('unknown-1'\) raised LookupError: no record") as caught:
+            world.send_sync(Fussy.post("unknown-1", Increment()))
+        assert isinstance(caught.value.__cause__, LookupError)
+        with pytest.raises(ActivationError, match=r"init\('unknown-2'\) raised LookupError"):
+            asyncio.run(world.asend_sync(Fussy.post("unknown-2", Increment())))
+        world.send(Fussy.post("unknown-3", Increment()))
+        assert [letter.envelope for letter in world.dead_letters()] == [Fussy.post("unknown-3", Increment())]
+        assert world.send_sync(Fussy.post("known", Increment(by=2))) == 2
+        assert asyncio.run(world.asend_sync(Fussy.post("known", Increment()))) == 3
+
+
+def test_an_activate_that_calls_sys_exit_fails_that_message_alone(make_world: MakeWorld) -> None:
+    """SystemExit raised in an engine thread would end that thread and leave callers waiting."""
+    world = make_world(App)
+    ents.HOOK.append(lambda: sys.exit(3))
+    try:
+        with hangs_fail():
+            with pytest.raises(ActivationError, match="SystemExit: 3"):
+                world.send_sync(Hooked.post("h", Poke()))
+            with pytest.raises(ActivationError, match="SystemExit: 3"):
+                asyncio.run(world.asend_sync(Hooked.post("h", Poke())))
+    finally:
+        ents.HOOK.clear()
+    with hangs_fail():
+        assert world.send_sync(Hooked.post("h", Poke())) == 1
+        assert asyncio.run(world.asend_sync(Hooked.post("h", Poke()))) == 2
 
 
 def test_an_invalid_outbox_fails_the_activation(make_world: MakeWorld) -> None:
