@@ -472,6 +472,7 @@ class World(Generic[E]):
         self._committer: threading.Thread | None = None
         self._regroup = Regroup()
         self._main_call: ThreadCall | None = None  # the worker processes up to it, as its caller would
+        self._main_reading = False  # the main thread reads a state holding the engine's locks
         self._pid = os.getpid()
         _open_worlds.add(self)
 
@@ -556,9 +557,19 @@ class World(Generic[E]):
             self._take_dead_letter(dead_letter)
 
     def close(self) -> None:
-        """Commit what was processed, stop the threads, end every subscription, release the store."""
-        if not self._closed:
-            self._shielded(self._close)
+        """Commit what was processed, stop the threads, end every subscription, release the store.
+
+        Called from a signal handler (say SIGTERM's) that interrupted a read of this very
+        world in the main thread, it cannot wait: that read holds the locks closing needs.
+        It then returns at once and the world closes as soon as the read lets go of them,
+        before the interpreter exits.
+        """
+        if self._closed:
+            return
+        if self._main_reading and interruptible():
+            threading.Thread(target=self._close, name="pachyderm-close").start()  # not a daemon
+            return
+        self._shielded(self._close)
 
     def _close(self) -> None:
         if self._closed:
@@ -707,7 +718,11 @@ class World(Generic[E]):
         if nothing waits to be committed (a read leaves nothing half done), else run it on
         its own thread (see ``_shielded``)."""
         if self._guarded():
-            found = self._settled(address, on_close, commit=False)
+            self._main_reading = True  # holding the engine's locks (see close)
+            try:
+                found = self._settled(address, on_close, commit=False)
+            finally:
+                self._main_reading = False
             if found is not MISSING:
                 return found
         return self._shielded(lambda: self._settled(address, on_close))

@@ -212,6 +212,24 @@ def test_ctrl_c_in_the_main_thread_loses_strands_and_doubles_nothing(tmp_path: P
             assert applied <= {int(n) for n in outcomes}
 
 
+def test_a_sigterm_handler_that_closes_the_world_mid_read_does_not_deadlock(tmp_path: Path) -> None:
+    """The handler runs in the main thread, which may be inside state() holding the engine's
+    locks: close() must not wait for them there. The process exits and the file is closed."""
+    path = tmp_path / "term.db"
+    proc = start("sigterm", str(path))
+    expect_line(proc, "ready")
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        assert proc.wait(timeout=WAIT) == 0
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert not Path(f"{path}-wal").exists()  # closed cleanly: SQLite folded the log into the file
+    with LocalDisk(App, path) as world:
+        assert world.state(Counter.address("c")) == 1
+
+
 def test_a_second_process_gets_a_clear_error_naming_the_path(tmp_path: Path) -> None:
     path = tmp_path / "held.db"
     proc = start("hold", str(path))

@@ -14,6 +14,8 @@ Modes:
                          "acked 2N" and wait to be killed
   fork-reopen PATH       send 3 increments and fork; the parent closes the file, then the
                          child tries to open it and prints what that raised
+  sigterm PATH           read a 300-record state from the file in a loop, with a SIGTERM
+                         handler that closes the world and exits; print "ready"
   interrupted PATH S OUT for S seconds 4 threads and the main thread send_sync numbered
                          entries (the main thread reads a state after each) while a
                          thread sends this process SIGINT every 0-3 ms;
@@ -242,6 +244,24 @@ def interrupted(path: str, seconds: float, out: str) -> None:
         json.dump({"interrupts": interrupts, "outcomes": outcomes}, file)
 
 
+def sigterm(path: str) -> None:
+    from tests.entities import App, Counter, Increment, Record, Recorder
+
+    world = LocalDisk(App, path, cache_size=1)
+    for n in range(300):
+        world.send_sync(Recorder.post("big", Record("s", n)))
+    world.send_sync(Counter.post("c", Increment()))  # the cache holds one: "big" now loads from the file
+
+    def on_term(signum: int, frame: object) -> None:
+        world.close()  # a graceful shutdown, from the handler: it may land inside a read
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+    print("ready", flush=True)
+    while True:
+        world.state(Recorder.address("big"))  # decoded from the file while the engine is held
+
+
 if __name__ == "__main__":
     mode, path, *rest = sys.argv[1:]
     if mode == "load":
@@ -256,6 +276,8 @@ if __name__ == "__main__":
         fork(path, int(rest[0]))
     elif mode == "fork-reopen":
         fork_reopen(path)
+    elif mode == "sigterm":
+        sigterm(path)
     elif mode == "interrupted":
         interrupted(path, float(rest[0]), rest[1])
     else:
