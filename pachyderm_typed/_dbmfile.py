@@ -33,11 +33,11 @@ import json
 import os
 import sqlite3
 import threading
-import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from pachyderm_typed._fork import forsake_in_forked_children, released
 from pachyderm_typed.errors import AlreadyOpenError, StorageError
 
 FORMAT_NAME = "pachyderm-typed/localdisk"
@@ -101,17 +101,8 @@ def key_seq(key: bytes) -> int:
     return int(key[key.index(b":") + 1:])
 
 
-#: files this process inherited open from the process it was forked from (see DbmFile.forsake)
+#: files this process inherited open from the process it was forked from (see DbmFile._forsake)
 _inherited: set[Path] = set()
-_open_files: weakref.WeakSet[DbmFile] = weakref.WeakSet()
-
-
-def _forsake_inherited() -> None:
-    for file in list(_open_files):
-        file.forsake()
-
-
-os.register_at_fork(after_in_child=_forsake_inherited)
 
 
 def lock_path(path: Path) -> Path:
@@ -234,7 +225,7 @@ class DbmFile:
     Every method raises ``StorageError`` (never a raw ``sqlite3`` error) naming
     the path. Calls are serialised by a lock of its own: the ecosystem's
     committer writes while other threads may read states on a cache miss.
-    A child forked while it is open leaves it alone (``forsake``).
+    A child forked while it is open leaves it alone (``_forsake``).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = True, readonly: bool = False) -> None:
@@ -245,12 +236,12 @@ class DbmFile:
         self._lock = FileLock(self.path)
         try:
             self.conn = self._connect(create)
-            _open_files.add(self)
+            forsake_in_forked_children(self)
             self.format = self._check_format()
             if not readonly:
                 self._enable_wal()  # only now: switching a foreign file to WAL would rewrite its header
         except BaseException:
-            _open_files.discard(self)
+            released(self)
             conn = getattr(self, "conn", None)
             if conn is not None:
                 conn.close()
@@ -451,7 +442,7 @@ class DbmFile:
                     raise storage_error(self.path, "committing", exc) from exc
                 raise
 
-    def forsake(self) -> None:
+    def _forsake(self) -> None:
         """In a child forked while the file was open: never touch it again, not even to close it.
 
         Closing the connection, which a child does when it exits and frees it, makes
@@ -467,7 +458,7 @@ class DbmFile:
     def close(self) -> None:
         if self._forsaken:
             return
-        _open_files.discard(self)
+        released(self)
         try:
             with self._use:
                 self.conn.close()  # checkpoints the WAL into the file and removes it

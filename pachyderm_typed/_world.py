@@ -52,7 +52,6 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Generic, TypeVar
@@ -62,6 +61,7 @@ from typing_extensions import Self
 
 from pachyderm_typed._address import Address, Envelope
 from pachyderm_typed._ecosystem import AnyEntity, Declaration, Ecosystem, EntitySpec
+from pachyderm_typed._fork import forsake_in_forked_children, released
 from pachyderm_typed._kernel import Kernel, forbid_inside_activation, thread_marks
 from pachyderm_typed._subscription import Subscription
 from pachyderm_typed.errors import ActivationError, ClosedError, PachydermError, StorageError
@@ -180,7 +180,7 @@ class ThreadCall(Call):
 
 class MainThreadCall(ThreadCall):
     """The main thread's, in a durable world. A signal can interrupt the main thread between
-    any two steps (``interruptible``), so it runs nothing others depend on: the worker
+    any two steps (``_interruptible``), so it runs nothing others depend on: the worker
     processes its message as it would have (not the cascade), and it is woken directly,
     not as a link of the chain (stopped before waking the next caller, it would strand
     the rest).
@@ -190,7 +190,7 @@ class MainThreadCall(ThreadCall):
     chained = False
 
 
-def interruptible() -> bool:
+def _interruptible() -> bool:
     """Whether this thread may be interrupted anywhere: Python runs signal handlers (so raises
     KeyboardInterrupt, or what a handler raises) in the main thread only.
 
@@ -227,7 +227,7 @@ class _Shielded(Generic[T]):
         return self.result  # type: ignore[return-value]
 
 
-def on_own_thread(operation: Callable[[], T]) -> T:
+def _on_own_thread(operation: Callable[[], T]) -> T:
     """Run ``operation`` on a short-lived thread and wait for its outcome: a signal that
     interrupts the caller meanwhile cannot stop the operation halfway."""
     job = _Shielded(operation)
@@ -309,18 +309,6 @@ class Doorbell:
 
 
 _groups = itertools.count()  # group numbers, unique across worlds (a thread may use several)
-
-# Open worlds, so that a forked child can let go of the ones it inherited (see World._forsake).
-_open_worlds: weakref.WeakSet[World[Any]] = weakref.WeakSet()
-
-
-def _forsake_inherited() -> None:
-    for world in list(_open_worlds):
-        if world.closed_in_forked_children and not world._closed:
-            world._forsake()
-
-
-os.register_at_fork(after_in_child=_forsake_inherited)
 
 
 class Regroup:
@@ -474,7 +462,7 @@ class World(Generic[E]):
         self._main_call: ThreadCall | None = None  # the worker processes up to it, as its caller would
         self._main_reading = False  # the main thread reads a state holding the engine's locks
         self._pid = os.getpid()
-        _open_worlds.add(self)
+        forsake_in_forked_children(self)
 
     # -- public API -----------------------------------------------------------------
 
@@ -566,7 +554,7 @@ class World(Generic[E]):
         """
         if self._closed:
             return
-        if self._main_reading and interruptible():
+        if self._main_reading and _interruptible():
             threading.Thread(target=self._close, name="pachyderm-close").start()  # not a daemon
             return
         self._shielded(self._close)
@@ -576,7 +564,7 @@ class World(Generic[E]):
             return
         with self._run_lock:
             self._closed = True
-        _open_worlds.discard(self)
+        released(self)
         self._wake.ring()
         self._commit_wake.ring()
         for thread in (self._worker, self._committer):
@@ -622,17 +610,17 @@ class World(Generic[E]):
 
     def _guarded(self) -> bool:
         """Whether this caller leaves engine work to the engine's threads: the main thread of
-        a durable world (see ``interruptible``), where an interruption could cost an
+        a durable world (see ``_interruptible``), where an interruption could cost an
         acknowledged commit or strand other callers. In memory the thread hop would cost
         ten times the call, so the main thread works inline there."""
-        return self.pipelined and interruptible()
+        return self.pipelined and _interruptible()
 
     def _thread_call(self, envelope: Envelope[Any, Any], raises: bool) -> ThreadCall:
         return (MainThreadCall if self._guarded() else ThreadCall)(envelope, raises)
 
     def _shielded(self, operation: Callable[[], T]) -> T:
         """Run ``operation``, which takes the engine's locks, where no signal can stop it halfway."""
-        return on_own_thread(operation) if self._guarded() else operation()
+        return _on_own_thread(operation) if self._guarded() else operation()
 
     def _check_open(self) -> None:
         """Raise ClosedError if closed. Public methods call it before taking any lock:
@@ -646,8 +634,10 @@ class World(Generic[E]):
         Its threads did not survive the fork, a lock may be held for good, and its
         file or connections are the parent's: closing them from the child would harm
         the parent (the store's own objects let go of them without closing, see
-        ``DbmFile.forsake``). Every call in the child raises ClosedError saying why.
+        ``DbmFile._forsake``). Every call in the child raises ClosedError saying why.
         """
+        if self._closed or not self.closed_in_forked_children:
+            return
         self._closed = True
         self._released = True
         self._closed_reason = (
@@ -1011,12 +1001,12 @@ class World(Generic[E]):
                 with self._run_lock:
                     if self._closed:
                         break
-                    main, self._main_call = self._main_call, None
+                    main = self._main_call
+                    if main is not None and main.consumed:
+                        main = self._main_call = None
                     split = main is None and self._splits()
-                    if main is not None and not main.consumed:
+                    if main is not None:
                         self._process_queue(main)  # as the main thread would have: not its cascade
-                        if not main.consumed:  # a full batch before reaching it
-                            self._main_call = main
                     else:
                         self._process_queue(None, min(len(self._queue) // 2, self.batch_size) if split else 0)
                     if split:
