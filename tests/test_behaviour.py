@@ -363,6 +363,42 @@ def test_async_senders_share_the_world_with_threads(make_world: MakeWorld) -> No
     assert world.state(Counter.address("mix")) == 100
 
 
+def test_a_cancelled_async_call_is_applied_once_or_not_at_all(make_world: MakeWorld) -> None:
+    """Tasks cancelled at every stage of asend_sync/asend (by wait_for timeouts): the engine
+    still answers everyone else, and each call counts once at most."""
+    world = make_world(App)
+    calls = 600
+
+    async def main() -> tuple[list[int], int]:
+        answered: list[int] = []
+        cancelled = 0
+
+        async def one(n: int) -> None:
+            nonlocal cancelled
+            envelope = Counter.post("k", Increment())
+            call = world.asend_sync(envelope) if n % 3 else world.asend(envelope)
+            try:
+                result = await asyncio.wait_for(call, timeout=(0, 0.0002, 0.002, WAIT)[n % 4])
+            except asyncio.TimeoutError:
+                cancelled += 1
+            else:
+                if result is not None:
+                    answered.append(result)
+
+        await asyncio.gather(*(one(n) for n in range(calls)))
+        return answered, cancelled
+
+    with hangs_fail():
+        answered, cancelled = asyncio.run(main())
+        applied = world.state(Counter.address("k"))
+        assert cancelled > 0 and len(answered) > 0
+        assert len(set(answered)) == len(answered), "two calls were answered with the same new state"
+        assert calls - cancelled <= applied <= calls  # every answered call counted, none twice
+        assert world.send_sync(Counter.post("k", Increment())) == applied + 1
+        assert asyncio.run(world.asend_sync(Counter.post("k", Increment()))) == applied + 2
+    assert world.dead_letters() == []
+
+
 def test_an_implementation_can_be_swapped_for_a_double(make_world: MakeWorld) -> None:
     class DoublingCounter(Counter):
         def activate(self, message: Increment, state: int) -> tuple[Any, int]:
