@@ -64,7 +64,7 @@ from pachyderm_typed._ecosystem import AnyEntity, Declaration, Ecosystem, Entity
 from pachyderm_typed._fork import forsake_in_forked_children, released
 from pachyderm_typed._kernel import Kernel, forbid_inside_activation, thread_marks
 from pachyderm_typed._subscription import Subscription
-from pachyderm_typed.errors import ActivationError, ClosedError, PachydermError, StorageError
+from pachyderm_typed.errors import ActivationError, ClosedError, PachydermError, ReentrantCallError, StorageError
 
 logger = logging.getLogger("pachyderm_typed")
 
@@ -612,8 +612,20 @@ class World(Generic[E]):
         """Whether this caller leaves engine work to the engine's threads: the main thread of
         a durable world (see ``_interruptible``), where an interruption could cost an
         acknowledged commit or strand other callers. In memory the thread hop would cost
-        ten times the call, so the main thread works inline there."""
-        return self.pipelined and _interruptible()
+        ten times the call, so the main thread works inline there.
+
+        Raises ReentrantCallError in a signal handler that interrupted a state read here:
+        that read holds the engine's locks, so any call would wait for it forever."""
+        if not (self.pipelined and _interruptible()):
+            return False
+        if self._main_reading:
+            raise ReentrantCallError(
+                f"{self!r} was called from a signal handler that interrupted a state() or follow() "
+                "of this same thread, which holds the ecosystem's locks until the handler returns: "
+                "the call could never finish. Have the handler set a flag (or hand the work to "
+                "another thread) and make the call after it returns; close() is the exception"
+            )
+        return True
 
     def _thread_call(self, envelope: Envelope[Any, Any], raises: bool) -> ThreadCall:
         return (MainThreadCall if self._guarded() else ThreadCall)(envelope, raises)

@@ -32,6 +32,14 @@ class SendInsideActivationError(PachydermError, RuntimeError):
     """
 
 
+class ReentrantCallError(PachydermError, RuntimeError):
+    """A signal handler called the ecosystem while the thread it interrupted held its locks.
+
+    The call would wait forever for the interrupted code, which cannot go on until the
+    handler returns. Set a flag in the handler and make the call after it returns.
+    """
+
+
 class ClosedError(PachydermError, RuntimeError):
     """The ecosystem was closed; open a new one to keep working."""
 

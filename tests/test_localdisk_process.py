@@ -230,6 +230,28 @@ def test_a_sigterm_handler_that_closes_the_world_mid_read_does_not_deadlock(tmp_
         assert world.state(Counter.address("c")) == 1
 
 
+def test_a_signal_handler_that_calls_in_mid_read_gets_an_error_not_a_hang(tmp_path: Path) -> None:
+    """A handler's send_sync that lands inside a state() read (which holds the engine's locks)
+    would wait for that read forever: it is refused with ReentrantCallError instead. Landing
+    anywhere else, it is answered. The file then holds exactly the answered increments."""
+    path = tmp_path / "handler.db"
+    proc = start("handler", str(path), "2")
+    try:
+        out, err = proc.communicate(timeout=WAIT)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    report = json.loads(out.strip().splitlines()[-1])
+    answered, refused = report["answered"], report["refused"]
+    assert refused > 0, "no handler landed inside a read: the test did not test anything"
+    # Each answered once. Handlers nest (a signal can land in a handler waiting for its
+    # call), so the inner one may record its later state first.
+    assert sorted(answered) == list(range(2, 2 + len(answered)))
+    assert report["final"] == 1 + len(answered)
+    with LocalDisk(App, path) as world:
+        assert world.state(Counter.address("c")) == 1 + len(answered)
+
+
 def test_a_second_process_gets_a_clear_error_naming_the_path(tmp_path: Path) -> None:
     path = tmp_path / "held.db"
     proc = start("hold", str(path))

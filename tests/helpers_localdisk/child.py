@@ -16,6 +16,10 @@ Modes:
                          child tries to open it and prints what that raised
   sigterm PATH           read a 300-record state from the file in a loop, with a SIGTERM
                          handler that closes the world and exits; print "ready"
+  handler PATH S         for S seconds read a 300-record state from the file in a loop (1 ms
+                         apart) while a thread sends this process SIGUSR1 every 1-3 ms, whose
+                         handler calls send_sync; print a JSON line: the states the handler
+                         got, how many calls were refused as reentrant, and the final state
   interrupted PATH S OUT for S seconds 4 threads and the main thread send_sync numbered
                          entries (the main thread reads a state after each) while a
                          thread sends this process SIGINT every 0-3 ms;
@@ -262,6 +266,47 @@ def sigterm(path: str) -> None:
         world.state(Recorder.address("big"))  # decoded from the file while the engine is held
 
 
+def handler(path: str, seconds: float) -> None:
+    import json
+    import random
+
+    from pachyderm_typed import ReentrantCallError
+    from tests.entities import App, Counter, Increment, Record, Recorder
+
+    world = LocalDisk(App, path, cache_size=1)
+    for n in range(300):
+        world.send_sync(Recorder.post("big", Record("s", n)))
+    world.send_sync(Counter.post("c", Increment()))  # the cache holds one: "big" now loads from the file
+    answered: list[int] = []
+    refused = 0
+
+    def on_usr1(signum: int, frame: object) -> None:
+        nonlocal refused
+        try:
+            answered.append(world.send_sync(Counter.post("c", Increment())))
+        except ReentrantCallError:
+            refused += 1
+
+    signal.signal(signal.SIGUSR1, on_usr1)
+    stop = time.monotonic() + seconds
+
+    def signaller() -> None:
+        while time.monotonic() < stop:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            time.sleep(random.uniform(0.001, 0.003))
+
+    thread = threading.Thread(target=signaller)
+    thread.start()
+    while time.monotonic() < stop:
+        world.state(Recorder.address("big"))  # decoded from the file while the engine is held
+        time.sleep(0.001)  # where a handler's call is answered
+    thread.join()
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    final = world.state(Counter.address("c"))
+    world.close()
+    print(json.dumps({"answered": answered, "refused": refused, "final": final}), flush=True)
+
+
 if __name__ == "__main__":
     mode, path, *rest = sys.argv[1:]
     if mode == "load":
@@ -278,6 +323,8 @@ if __name__ == "__main__":
         fork_reopen(path)
     elif mode == "sigterm":
         sigterm(path)
+    elif mode == "handler":
+        handler(path, float(rest[0]))
     elif mode == "interrupted":
         interrupted(path, float(rest[0]), rest[1])
     else:
