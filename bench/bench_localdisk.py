@@ -308,6 +308,34 @@ def _resolve_all(futures: list[asyncio.Future[None]]) -> None:
             future.set_result(None)
 
 
+def thread_handoff(rounds: int = 5000) -> float:
+    """Seconds for one thread to wake another blocked on a lock (median, one way).
+
+    What each thread caller's answer costs at least: the committer wakes the callers
+    of a commit one after another, so on a host where this is slow the callers' return,
+    not the disk, bounds how many share each commit.
+    """
+    ping, pong = _thread.allocate_lock(), _thread.allocate_lock()
+    ping.acquire()
+    pong.acquire()
+
+    def echo() -> None:
+        for _ in range(rounds):
+            ping.acquire()
+            pong.release()
+
+    thread = threading.Thread(target=echo)
+    thread.start()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        ping.release()
+        pong.acquire()
+        times.append(time.perf_counter() - start)
+    thread.join()
+    return statistics.median(times) / 2
+
+
 def raw_commit_latency(directory: Path, calls: int) -> list[float]:
     conn = raw_connection(fresh(directory, "raw-latency.db"))
     rows = encoded_rows(calls)
@@ -563,7 +591,11 @@ def main() -> None:
             )
         print(f"medians of {max(1, args.repeat)} alternating rounds. target: ratio >= 0.5 against raw B=N.")
         print("floor/raw: what a minimal committer with no library code reached. CPU us/act: process")
-        print("CPU time (all threads, SQLite and fsync included) per activation, LocalDisk and floor\n")
+        print("CPU time (all threads, SQLite and fsync included) per activation, LocalDisk and floor")
+        print(
+            f"thread handoff (a thread waking another): {thread_handoff() * 1e6:.0f} us one way, median; "
+            "a commit wakes its thread callers one after another\n"
+        )
         if SLOW_COMMIT:
             return  # latency and scale are about this machine's own disk
 
