@@ -623,7 +623,8 @@ class World(Generic[E]):
                 f"{self!r} was called from a signal handler that interrupted a state() or follow() "
                 "of this same thread, which holds the ecosystem's locks until the handler returns: "
                 "the call could never finish. Have the handler set a flag (or hand the work to "
-                "another thread) and make the call after it returns; close() is the exception"
+                "another thread) and make the call after it returns. Only close() may be called "
+                "there: it finishes once the read lets go of the locks"
             )
         return True
 
@@ -720,7 +721,7 @@ class World(Generic[E]):
         if nothing waits to be committed (a read leaves nothing half done), else run it on
         its own thread (see ``_shielded``)."""
         if self._guarded():
-            self._main_reading = True  # holding the engine's locks (see close)
+            self._main_reading = True  # holding the engine's locks (see close and _guarded)
             try:
                 found = self._settled(address, on_close, commit=False)
             finally:
