@@ -62,3 +62,28 @@ def test_a_forked_child_cannot_use_the_node_its_parent_opened(namespace: str) ->
     assert lines[-1] == "acked 14"
     with Postgres(App, DSN, namespace=namespace, workers=0) as world:
         assert world.state(Counter.address("c")) == 14  # the child's attempt changed nothing
+
+
+def test_a_signal_handler_calling_for_the_entity_it_interrupted_gets_an_error_not_a_hang(namespace: str) -> None:
+    """The main thread's call holds its entity's lock until the handler returns: the handler's
+    call for that entity would wait forever, so it is refused; calls for others are served."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.entities import App, Counter
+    from tests.helpers_postgres.support import ROOT
+
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.helpers_postgres.handler", DSN, namespace, "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    answered, refused, final = report["answered"], report["refused"], report["final"]
+    assert refused["c"] > 0, "no handler landed inside a call: the test did not test anything"
+    assert refused["d"] == 0 and answered["d"], "a call for another entity was refused"
+    assert sorted(answered["d"]) == list(range(1, len(answered["d"]) + 1))
+    assert final == {"c": report["calls"] + len(answered["c"]), "d": len(answered["d"])}
+    with Postgres(App, DSN, namespace=namespace, workers=0) as world:
+        assert world.state(Counter.address("c")) == final["c"]

@@ -75,12 +75,13 @@ code cannot read, instead of dead-lettering it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TextIO, TypeVar
 
 import psycopg
@@ -92,7 +93,7 @@ from pachyderm_typed._codec import Codec, load_json
 from pachyderm_typed._ecosystem import AnyEntity, Ecosystem, EntitySpec
 from pachyderm_typed._kernel import activating, forbid_inside_activation
 from pachyderm_typed._subscription import Subscription
-from pachyderm_typed._world import HISTORY_PER_ENTITY, DeadLetter, World
+from pachyderm_typed._world import HISTORY_PER_ENTITY, DeadLetter, World, _interruptible
 from pachyderm_typed.ecosystems._pg_schema import (
     SCHEMA_VERSION,
     Connection,
@@ -109,6 +110,7 @@ from pachyderm_typed.errors import (
     CodecError,
     DatabaseUnavailableError,
     DeclarationError,
+    ReentrantCallError,
     StorageError,
 )
 
@@ -366,6 +368,7 @@ class Postgres(World[E]):
         self._close_lock = threading.Lock()
         self._stopping = threading.Event()
         self._follow_lock = threading.Lock()
+        self._main_locks: set[int] = set()  # entity lock keys the main thread's calls in progress take
         self._follows: dict[tuple[str, bytes], list[_Follow]] = {}
         self._unreadable: dict[int, float] = {}  # lock key -> monotonic time to retry
         self._stats_lock = threading.Lock()
@@ -491,7 +494,8 @@ class Postgres(World[E]):
             return follow
 
         try:
-            follow = self._run(register, "follow")
+            with self._main_thread_takes(key, address):
+                follow = self._run(register, "follow")
         except BaseException:
             self._forget_follow(token)
             raise
@@ -564,6 +568,32 @@ class Postgres(World[E]):
                 f"cannot connect to PostgreSQL at {self._where}: {_first_line(exc)}"
             ) from exc
         return conn
+
+    @contextlib.contextmanager
+    def _main_thread_takes(self, key: int, address: Address[Any, Any, Any]) -> Iterator[None]:
+        """Around a call that takes the lock of ``address`` (``key``) in its transactions.
+
+        A signal handler runs in the main thread, in the middle of whatever it interrupted.
+        Had that been a call holding this entity's lock, a call for the same entity from the
+        handler would wait for it forever: that is refused with ReentrantCallError. The key is
+        marked from before the lock is taken until after it is released, so a handler landing
+        on either edge is refused too, never left waiting.
+        """
+        if not _interruptible():
+            yield
+            return
+        if key in self._main_locks:
+            raise ReentrantCallError(
+                f"{self!r}: a call for {address!r} came from a signal handler that interrupted a call "
+                "of this same thread for that entity, which holds its lock until the handler returns: "
+                "it could never finish. Have the handler set a flag (or hand the work to another thread) "
+                "and make the call after it returns; calls for other entities are served there"
+            )
+        self._main_locks.add(key)
+        try:
+            yield
+        finally:
+            self._main_locks.discard(key)
 
     def _run(self, work: Callable[[Connection], T], what: str) -> T:
         """Run ``work`` in one transaction on a pooled connection, then commit.
@@ -644,12 +674,13 @@ class Postgres(World[E]):
             self._write_and_commit(conn, batch)
             return batch, tail
 
-        while True:
-            batch, tail = self._run(work, "send_sync" if raises else "send")
-            self._after_commit(batch)
-            if tail.done:
-                break
-            # More older messages than one transaction takes: those were committed; go on.
+        with self._main_thread_takes(key, envelope.address):
+            while True:
+                batch, tail = self._run(work, "send_sync" if raises else "send")
+                self._after_commit(batch)
+                if tail.done:
+                    break
+                # More older messages than one transaction takes: those were committed; go on.
         if tail.error is not None and raises:
             raise tail.error
         return tail.result
