@@ -41,11 +41,23 @@ def activating() -> Iterator[None]:
         _local.depth = depth
 
 
+_SENDS = frozenset({"send", "send_sync", "asend", "asend_sync", "retry"})
+
+
 def forbid_inside_activation(operation: str) -> None:
+    """Refuse a call on the ecosystem from entity code: it would be a hidden side effect or
+    input, and it may run where the engine's locks are held, so that the call would wait
+    for itself."""
     if _local.depth:
+        advice = (
+            "an entity's only side effects are the envelopes activate returns: return them in the outbox"
+            if operation in _SENDS
+            else "an entity sees only its message and its state and does not drive the ecosystem: "
+            "keep what it needs in its state"
+        )
         raise SendInsideActivationError(
-            f"{operation}() was called from inside activate(): an entity's only side effects "
-            "are the envelopes it returns, so return them in the outbox instead"
+            f"{operation}() was called from inside activate() or init() (or from a signal handler "
+            f"that interrupted one): {advice}"
         )
 
 
@@ -59,7 +71,15 @@ class Kernel:
         self._by_class = declaration.by_class
 
     def initial_state(self, spec: EntitySpec, address: Address[Any, Any, Any]) -> object:
-        return spec.impl.init(address.id)
+        # init is the entity's code as much as activate: it must not call the ecosystem either.
+        # It may run where the caller holds the engine's locks (a state() read), and a call
+        # from there would wait for them forever.
+        depth = _local.depth
+        _local.depth = depth + 1
+        try:
+            return spec.impl.init(address.id)
+        finally:
+            _local.depth = depth
 
     def activate(
         self,

@@ -513,14 +513,17 @@ class World(Generic[E]):
 
     def state(self, address: Address[E, Any, S]) -> S:
         """The entity's current state: every message processed before the call, committed."""
+        forbid_inside_activation("state")
         return self._settled_shielded(address, None)  # type: ignore[no-any-return]
 
     def follow(self, address: Address[E, Any, S]) -> Subscription[S]:
         """Follow the entity: ``.state`` now, then every later committed state, in order."""
+        forbid_inside_activation("follow")
         return self._settled_shielded(address, self._unfollow)  # type: ignore[no-any-return]
 
     def dead_letters(self) -> list[DeadLetter]:
         """Messages whose activation failed with nobody waiting, oldest first."""
+        forbid_inside_activation("dead_letters")
         self._check_open()
         return self._shielded(self._dead_letters)
 
@@ -537,6 +540,7 @@ class World(Generic[E]):
 
     def discard(self, dead_letter: DeadLetter) -> None:
         """Drop a dead letter for good."""
+        forbid_inside_activation("discard")
         self._check_open()
         self._shielded(lambda: self._take_dead_letter_now(dead_letter))
 
@@ -552,6 +556,7 @@ class World(Generic[E]):
         It then returns at once and the world closes as soon as the read lets go of them,
         before the interpreter exits.
         """
+        forbid_inside_activation("close")
         if self._closed:
             return
         if self._main_reading and _interruptible():

@@ -26,9 +26,11 @@ class MessageTypeError(PachydermError, TypeError):
 
 
 class SendInsideActivationError(PachydermError, RuntimeError):
-    """``send``/``send_sync`` was called from inside ``activate``.
+    """The ecosystem (``send``, ``send_sync``, ``state``, ...) was called from inside
+    ``activate`` or ``init``.
 
-    Side effects must go through the outbox that ``activate`` returns.
+    Side effects must go through the outbox that ``activate`` returns, and what an entity
+    knows must come from its state and its messages.
     """
 
 

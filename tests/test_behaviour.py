@@ -7,8 +7,8 @@ import contextlib
 import signal
 import sys
 import threading
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
 
 import pytest
 
@@ -21,10 +21,12 @@ from pachyderm_typed import (
     MessageTypeError,
     SendInsideActivationError,
     UndeclaredEntityError,
+    World,
 )
 from pachyderm_typed._address import make_envelope
 from pachyderm_typed.ecosystems import InMemory
 from pachyderm_typed._world import Batch, ThreadCall
+from pachyderm_typed.testing import WorldFactory
 from tests import entities as ents
 from tests.conftest import MakeWorld
 from tests.entities import (
@@ -213,6 +215,111 @@ def hangs_fail(seconds: int = 20) -> Iterator[None]:
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def fail_stuck(make_world: MakeWorld, world: World[Any], what: str) -> NoReturn:
+    """Fail a test whose world waits forever: that world cannot be closed either, so it is
+    left to its daemon threads rather than hang the teardown."""
+    assert isinstance(make_world, WorldFactory)
+    make_world.opened.remove(world)
+    pytest.fail(what)
+
+
+@pytest.mark.parametrize("operation", ["state", "follow", "dead_letters", "close"])
+def test_any_other_call_on_the_ecosystem_inside_activate_is_refused(make_world: MakeWorld, operation: str) -> None:
+    """Reads and close() from activate: in memory and on disk the activation runs under the
+    engine's locks, and these calls waited for them forever."""
+    world = make_world(App)
+    calls: dict[str, Callable[[], object]] = {
+        "state": lambda: world.state(Counter.address("c")),
+        "follow": lambda: world.follow(Counter.address("c")),
+        "dead_letters": world.dead_letters,
+        "close": world.close,
+    }
+    ents.HOOK.append(calls[operation])
+    caught: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            world.send_sync(Hooked.post("h", Poke()))
+        except BaseException as exc:
+            caught.append(exc)
+
+    try:
+        thread = threading.Thread(target=call, daemon=True)
+        thread.start()
+        thread.join(WAIT)
+        if thread.is_alive():
+            fail_stuck(make_world, world, f"{operation}() from activate() is still waiting after {WAIT} s")
+        with hangs_fail():
+            call()  # the main thread
+    finally:
+        ents.HOOK.clear()
+    for error in caught:
+        assert isinstance(error, ActivationError) and isinstance(error.__cause__, SendInsideActivationError), error
+        assert f"{operation}() was called from inside activate()" in str(error.__cause__)
+    assert len(caught) == 2
+    assert not world.closed
+    assert world.send_sync(Hooked.post("h", Poke())) == 1  # the entity kept its state
+
+
+INIT_HOOK: list[Callable[[], object]] = []
+
+
+class Meddler(Entity[str, Increment, int]):
+    """Its init runs INIT_HOOK: a test makes it call the ecosystem."""
+
+    def init(self, entity_id: str) -> int:
+        for hook in INIT_HOOK:
+            hook()
+        return 0
+
+    def activate(self, message: Increment, state: int) -> tuple[Outbox, int]:
+        return [], state + message.by
+
+
+class MeddlerApp(Ecosystem[Meddler | Counter]): ...
+
+
+def test_an_init_that_calls_the_ecosystem_is_refused_wherever_it_runs(make_world: MakeWorld) -> None:
+    """init runs in activations, and in state() and follow() reads that may hold the engine's
+    locks: a call from it there waited for them forever, in any thread."""
+    world = make_world(MeddlerApp)
+    INIT_HOOK.append(lambda: world.send_sync(Counter.post("side", Increment())))
+    outcomes: dict[str, Exception | None] = {}
+
+    def attempts() -> None:
+        for name, attempt in (
+            ("state", lambda: world.state(Meddler.address("a"))),
+            ("follow", lambda: world.follow(Meddler.address("b"))),
+            ("send_sync", lambda: world.send_sync(Meddler.post("c", Increment()))),
+        ):
+            try:
+                attempt()
+                outcomes[name] = None
+            except Exception as exc:
+                outcomes[name] = exc
+
+    try:
+        with hangs_fail():
+            attempts()  # the main thread
+        in_main = dict(outcomes)
+        outcomes.clear()
+        thread = threading.Thread(target=attempts, daemon=True)
+        thread.start()
+        thread.join(WAIT)
+        if thread.is_alive():
+            fail_stuck(make_world, world, f"a call from init() is still waiting after {WAIT} s")
+    finally:
+        INIT_HOOK.clear()
+    for seen in (in_main, outcomes):
+        assert isinstance(seen["state"], SendInsideActivationError), seen
+        assert "init()" in str(seen["state"])
+        assert isinstance(seen["follow"], SendInsideActivationError), seen
+        failed = seen["send_sync"]
+        assert isinstance(failed, ActivationError) and isinstance(failed.__cause__, SendInsideActivationError)
+    assert world.state(Counter.address("side")) == 0
+    assert world.send_sync(Meddler.post("c", Increment())) == 1
 
 
 class Fussy(Entity[str, Increment, int]):

@@ -167,6 +167,7 @@ class LocalDisk(World[E]):
 
     def dead_letters(self) -> list[DeadLetter]:
         """Persisted dead letters, oldest first (they survive restarts)."""
+        forbid_inside_activation("dead_letters")
         self._check_open()
         return self._shielded(self._stored_dead_letters)
 

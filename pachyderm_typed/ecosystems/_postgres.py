@@ -452,6 +452,7 @@ class Postgres(World[E]):
 
     def state(self, address: Address[E, Any, S]) -> S:
         """The entity's latest committed state, without activating it."""
+        forbid_inside_activation("state")
         spec = self._spec_for_address(address)
         self._check_open()
         entity_id = self._codec.encode_id(spec, address.id)
@@ -467,6 +468,7 @@ class Postgres(World[E]):
 
         States committed by any node are delivered, in commit order.
         """
+        forbid_inside_activation("follow")
         spec = self._spec_for_address(address)
         self._check_open()
         entity_id = self._codec.encode_id(spec, address.id)
@@ -503,6 +505,7 @@ class Postgres(World[E]):
 
     def dead_letters(self) -> list[DeadLetter]:
         """Messages whose activation failed with nobody waiting, oldest first (all nodes)."""
+        forbid_inside_activation("dead_letters")
         self._check_open()
         rows = self._run(lambda conn: conn.execute(self._q.dead_list, (self._kinds,)).fetchall(), "dead_letters")
         return [DeadLetter(row[0], self._codec.decode_message(row[1]), row[2]) for row in rows]
@@ -517,6 +520,7 @@ class Postgres(World[E]):
 
     def discard(self, dead_letter: DeadLetter) -> None:
         """Drop a dead letter for good."""
+        forbid_inside_activation("discard")
         self._check_open()
         if self._run(lambda conn: conn.execute(self._q.dead_take, (dead_letter.id,)).fetchone(), "discard") is None:
             raise LookupError(f"dead letter {dead_letter.id} is not (or no longer) in {self!r}")
@@ -526,6 +530,7 @@ class Postgres(World[E]):
 
         Pending messages stay in the database for the other nodes (or the next start).
         """
+        forbid_inside_activation("close")
         with self._close_lock:
             if self._closed:
                 return
