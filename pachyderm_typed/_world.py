@@ -1074,6 +1074,14 @@ class World(Generic[E]):
         return state
 
     def _unfollow(self, subscription: Subscription[Any]) -> None:
+        if self._main_reading and _interruptible():
+            # A signal handler that interrupted a read holding the run lock (see _guarded):
+            # the subscription ends at once and leaves the followers once the read lets go.
+            threading.Thread(target=self._unfollow_now, args=(subscription,), name="pachyderm-unfollow").start()
+            return
+        self._unfollow_now(subscription)
+
+    def _unfollow_now(self, subscription: Subscription[Any]) -> None:
         with self._run_lock:
             entries = self._followers.get(subscription.address)
             if entries:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any, NoReturn
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -21,14 +19,13 @@ from pachyderm_typed import (
     MessageTypeError,
     SendInsideActivationError,
     UndeclaredEntityError,
-    World,
 )
 from pachyderm_typed._address import make_envelope
 from pachyderm_typed.ecosystems import InMemory
 from pachyderm_typed._world import Batch, ThreadCall
-from pachyderm_typed.testing import WorldFactory
 from tests import entities as ents
 from tests.conftest import MakeWorld
+from tests.guards import fail_stuck, hangs_fail
 from tests.entities import (
     App,
     Burst,
@@ -198,31 +195,6 @@ def test_send_inside_activate_is_reported(make_world: MakeWorld) -> None:
     assert "outbox" in str(caught.value.__cause__)
     assert world.state(Hooked.address("h")) == 0
     assert world.state(Counter.address("side")) == 0
-
-
-@contextlib.contextmanager
-def hangs_fail(seconds: int = 20) -> Iterator[None]:
-    """Turn a call left waiting forever into a failure (pytest runs tests in the main thread,
-    where SIGALRM's handler can interrupt a blocked call)."""
-
-    def expired(signum: int, frame: object) -> None:
-        raise TimeoutError(f"still waiting after {seconds} s: the engine stopped answering")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def fail_stuck(make_world: MakeWorld, world: World[Any], what: str) -> NoReturn:
-    """Fail a test whose world waits forever: that world cannot be closed either, so it is
-    left to its daemon threads rather than hang the teardown."""
-    assert isinstance(make_world, WorldFactory)
-    make_world.opened.remove(world)
-    pytest.fail(what)
 
 
 @pytest.mark.parametrize("operation", ["state", "follow", "dead_letters", "close"])

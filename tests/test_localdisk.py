@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import signal
 import sqlite3
 import stat
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from pachyderm_typed import (
     Ecosystem,
     Entity,
     Outbox,
+    ReentrantCallError,
     StorageError,
     UpgradeError,
 )
@@ -34,6 +37,7 @@ from pachyderm_typed.ecosystems import LocalDisk
 from pachyderm_typed._dbmfile import put_statement
 from pachyderm_typed._world import Batch, Regroup
 from tests.entities import App, Counter, Increment, Picky, Ping, PingPong, Unlock, Work
+from tests.guards import hangs_fail
 from tests.helpers_localdisk.workload import Entry, Fan, Log, Spread
 from tests.helpers_localdisk.workload import Work as LogWork
 
@@ -585,6 +589,80 @@ def test_a_main_thread_call_is_committed_without_the_cascade_it_causes(tmp_path:
         assert world.state(Log.address("log")) == tuple(range(50))
     assert world.sizes[0] == 1, world.sizes  # the Fan's message alone
     assert sum(world.sizes) == 51
+
+
+READ_HOOK: list[Callable[[], object]] = []
+
+
+def _run_read_hook(instance: object, attribute: object, value: object) -> None:
+    for hook in READ_HOOK:
+        hook()
+
+
+@attrs.frozen
+class Boxed:
+    n: int = attrs.field(validator=_run_read_hook)  # runs when a stored state is decoded
+
+
+class Box(Entity[str, Increment, Boxed]):
+    def init(self, entity_id: str) -> Boxed:
+        return Boxed(0)
+
+    def activate(self, message: Increment, state: Boxed) -> tuple[Outbox, Boxed]:
+        return [], Boxed(state.n + message.by)
+
+
+class BoxApp(Ecosystem[Box | Counter]): ...
+
+
+def test_a_signal_handler_inside_a_read_may_unfollow_and_close_and_is_refused_the_rest(tmp_path: Path) -> None:
+    """The main thread's state() holds the engine's locks while it decodes a stored state; a
+    signal raised from that decoding runs its handler right there, every time. Calls that
+    need those locks are refused (they would wait for the read forever); closing a
+    subscription or the world is done once the read lets go. (pytest runs tests in the
+    main thread.)"""
+    path = tmp_path / "box.db"
+    world = LocalDisk(BoxApp, path, cache_size=1)
+    world.send_sync(Box.post("b", Increment(by=5)))
+    world.send_sync(Counter.post("c", Increment()))  # the cache holds one: "b" is read from the file
+    following = world.follow(Counter.address("c"))
+    seen: list[str] = []
+
+    def handler(signum: int, frame: object) -> None:
+        for name, call in (
+            ("send_sync", lambda: world.send_sync(Counter.post("c", Increment()))),
+            ("state", lambda: world.state(Counter.address("c"))),
+            ("dead_letters", world.dead_letters),
+        ):
+            try:
+                call()
+                seen.append(f"{name} answered")
+            except ReentrantCallError as exc:
+                assert "signal handler" in str(exc) and "set a flag" in str(exc)
+                seen.append(f"{name} refused")
+        following.close()
+        seen.append("unfollowed")
+        world.close()
+        seen.append("closing")
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    READ_HOOK.append(lambda: signal.raise_signal(signal.SIGUSR1))
+    try:
+        with hangs_fail():
+            got = world.state(Box.address("b"))
+    finally:
+        READ_HOOK.clear()
+        signal.signal(signal.SIGUSR1, previous)
+    assert got == Boxed(5)
+    assert seen == ["send_sync refused", "state refused", "dead_letters refused", "unfollowed", "closing"]
+    assert following.closed
+    deadline = time.monotonic() + 20
+    while not world.closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert world.closed
+    with LocalDisk(BoxApp, path) as again:  # released: the close finished
+        assert again.state(Box.address("b")) == Boxed(5)
+        assert again.state(Counter.address("c")) == 1
 
 
 @pytest.mark.parametrize("disk_busy", [False, True], ids=["disk idle", "commit in flight"])
