@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/soak.py --minutes 10 [--ecosystem localdisk|postgres|both]
     .venv/bin/python bench/soak.py --minutes 0.5            # a quick check
+    .venv/bin/python bench/soak.py --minutes 1 --ecosystem localdisk --cache-size 2   # evicting
 
 A benchmark, not a test: it prints, it asserts nothing about speed.
 
@@ -48,6 +49,7 @@ import attrs
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pachyderm_typed import DatabaseUnavailableError, Ecosystem, Entity, Outbox, World  # noqa: E402
+from pachyderm_typed.ecosystems._localdisk import DEFAULT_CACHE_SIZE  # noqa: E402
 
 DSN = os.environ.get("PACHYDERM_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 T = TypeVar("T")
@@ -320,7 +322,7 @@ def soak_localdisk(args: argparse.Namespace) -> bool:
 
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         path = Path(tmp) / "soak.db"
-        world = LocalDisk(Soak, path)
+        world = LocalDisk(Soak, path, cache_size=args.cache_size)
         ok = run(
             "LocalDisk", world, args,
             pending=localdisk_pending,
@@ -399,6 +401,10 @@ def main() -> int:
     parser.add_argument("--ecosystem", choices=["localdisk", "postgres", "both"], default="both")
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--tasks", type=int, default=32)
+    parser.add_argument(
+        "--cache-size", type=int, default=DEFAULT_CACHE_SIZE,
+        help="LocalDisk's cache_size: 2 keeps evicting and reloading hubs and sinks under load",
+    )
     parser.add_argument("--every", type=float, default=0.0, help="seconds between rows (default 30, or 5 if short)")
     parser.add_argument("--dsn", default=DSN)
     parser.add_argument("--node", metavar="NAMESPACE", help=argparse.SUPPRESS)
