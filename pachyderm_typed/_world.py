@@ -628,8 +628,8 @@ class World(Generic[E]):
                 f"{self!r} was called from a signal handler that interrupted a state() or follow() "
                 "of this same thread, which holds the ecosystem's locks until the handler returns: "
                 "the call could never finish. Have the handler set a flag (or hand the work to "
-                "another thread) and make the call after it returns. Only close() may be called "
-                "there: it finishes once the read lets go of the locks"
+                "another thread) and make the call after it returns. Only close(), of the world or "
+                "of a subscription, may be called there: it finishes once the read lets go of the locks"
             )
         return True
 
