@@ -268,10 +268,10 @@ def sigterm(path: str) -> None:
 
 def handler(path: str, seconds: float) -> None:
     import json
-    import random
 
     from pachyderm_typed import ReentrantCallError
     from tests.entities import App, Counter, Increment, Record, Recorder
+    from tests.signals import signal_self_until
 
     world = LocalDisk(App, path, cache_size=1)
     for n in range(300):
@@ -289,14 +289,7 @@ def handler(path: str, seconds: float) -> None:
 
     signal.signal(signal.SIGUSR1, on_usr1)
     stop = time.monotonic() + seconds
-
-    def signaller() -> None:
-        while time.monotonic() < stop:
-            os.kill(os.getpid(), signal.SIGUSR1)
-            time.sleep(random.uniform(0.001, 0.003))
-
-    thread = threading.Thread(target=signaller)
-    thread.start()
+    thread = signal_self_until(stop)
     while time.monotonic() < stop:
         world.state(Recorder.address("big"))  # decoded from the file while the engine is held
         time.sleep(0.001)  # where a handler's call is answered

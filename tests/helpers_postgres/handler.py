@@ -11,16 +11,14 @@ were refused as reentrant, and both final states.
 from __future__ import annotations
 
 import json
-import os
-import random
 import signal
 import sys
-import threading
 import time
 
 from pachyderm_typed import ReentrantCallError
 from pachyderm_typed.ecosystems import Postgres
 from tests.entities import App, Counter, Increment
+from tests.signals import signal_self_until
 
 
 def main(dsn: str, namespace: str, seconds: float) -> None:
@@ -45,14 +43,7 @@ def main(dsn: str, namespace: str, seconds: float) -> None:
 
     signal.signal(signal.SIGUSR1, on_usr1)
     stop = time.monotonic() + seconds
-
-    def signaller() -> None:
-        while time.monotonic() < stop:
-            os.kill(os.getpid(), signal.SIGUSR1)
-            time.sleep(random.uniform(0.001, 0.003))
-
-    thread = threading.Thread(target=signaller)
-    thread.start()
+    thread = signal_self_until(stop)
     calls = 0
     while time.monotonic() < stop:
         world.send_sync(Counter.post("c", Increment()))
