@@ -559,10 +559,8 @@ class World(Generic[E]):
         forbid_inside_activation("close")
         if self._closed:
             return
-        if self._main_reading and _interruptible():
-            threading.Thread(target=self._close, name="pachyderm-close").start()  # not a daemon
-            return
-        self._shielded(self._close)
+        if not self._after_the_read(self._close, "pachyderm-close"):
+            self._shielded(self._close)
 
     def _close(self) -> None:
         if self._closed:
@@ -631,6 +629,16 @@ class World(Generic[E]):
                 "another thread) and make the call after it returns. Only close(), of the world or "
                 "of a subscription, may be called there: it finishes once the read lets go of the locks"
             )
+        return True
+
+    def _after_the_read(self, operation: Callable[[], None], name: str) -> bool:
+        """In a signal handler that interrupted a state read of this thread (holding the engine's
+        locks, see ``_guarded``), start ``operation`` on a thread that runs it once the read lets
+        go, and return True; elsewhere return False. The thread is not a daemon: the interpreter
+        waits for it before exiting."""
+        if not (self._main_reading and _interruptible()):
+            return False
+        threading.Thread(target=operation, name=name).start()
         return True
 
     def _thread_call(self, envelope: Envelope[Any, Any], raises: bool) -> ThreadCall:
@@ -1074,12 +1082,8 @@ class World(Generic[E]):
         return state
 
     def _unfollow(self, subscription: Subscription[Any]) -> None:
-        if self._main_reading and _interruptible():
-            # A signal handler that interrupted a read holding the run lock (see _guarded):
-            # the subscription ends at once and leaves the followers once the read lets go.
-            threading.Thread(target=self._unfollow_now, args=(subscription,), name="pachyderm-unfollow").start()
-            return
-        self._unfollow_now(subscription)
+        if not self._after_the_read(lambda: self._unfollow_now(subscription), "pachyderm-unfollow"):
+            self._unfollow_now(subscription)
 
     def _unfollow_now(self, subscription: Subscription[Any]) -> None:
         with self._run_lock:
