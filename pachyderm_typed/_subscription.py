@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from pachyderm_typed._address import Address
-from pachyderm_typed._kernel import forbid_inside_activation
 
 S_co = TypeVar("S_co", covariant=True)
 
@@ -74,7 +73,6 @@ class Subscription(Generic[S_co]):
 
     def close(self) -> None:
         """Stop following; iteration ends once queued states are read."""
-        forbid_inside_activation("Subscription.close")
         if not self._closed:
             self._on_close(self)
             self._end()

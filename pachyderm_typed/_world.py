@@ -556,11 +556,10 @@ class World(Generic[E]):
         It then returns at once and the world closes as soon as the read lets go of them,
         before the interpreter exits.
         """
+        if self._closed or self._after_the_read(self._close, "pachyderm-close"):
+            return  # (a handler may land in init() run by that read: the check comes first)
         forbid_inside_activation("close")
-        if self._closed:
-            return
-        if not self._after_the_read(self._close, "pachyderm-close"):
-            self._shielded(self._close)
+        self._shielded(self._close)
 
     def _close(self) -> None:
         if self._closed:
@@ -1082,8 +1081,10 @@ class World(Generic[E]):
         return state
 
     def _unfollow(self, subscription: Subscription[Any]) -> None:
-        if not self._after_the_read(lambda: self._unfollow_now(subscription), "pachyderm-unfollow"):
-            self._unfollow_now(subscription)
+        if self._after_the_read(lambda: self._unfollow_now(subscription), "pachyderm-unfollow"):
+            return
+        forbid_inside_activation("Subscription.close")  # entity code would hold the run lock
+        self._unfollow_now(subscription)
 
     def _unfollow_now(self, subscription: Subscription[Any]) -> None:
         with self._run_lock:
