@@ -94,7 +94,12 @@ class Kernel:
             result = spec.impl.activate(message, state)
         except KeyboardInterrupt:
             raise  # Ctrl-C in the main thread: it stops the caller, as anywhere else
-        except BaseException as exc:  # SystemExit too: in an engine thread it would end the thread
+        except BaseException as exc:
+            # SystemExit too: in any other thread it would end just that thread, an engine's
+            # or a caller's. In the main thread it ends the program, as anywhere there (a
+            # signal handler's sys.exit() may land in an activation the main thread runs).
+            if isinstance(exc, SystemExit) and threading.current_thread() is threading.main_thread():
+                raise
             raise ActivationError(address, message, state, history(address), f"{type(exc).__name__}: {exc}") from exc
         if type(result) is not tuple or len(result) != 2:
             raise ActivationError(

@@ -33,6 +33,9 @@ asyncio callers settle into two halves that take turns.
   worker processes its message the same way while it waits (``MainThreadCall``),
   and its other calls that may commit (state and follow when something waits to be
   committed, dead letters, close) run on a short-lived thread (``_shielded``).
+  Where the main thread does hold the engine's locks (those reads; in memory, every
+  call), it is marked (``_main_inside``): a signal handler that interrupted it there
+  gets ReentrantCallError, and its close() takes effect once the locks are let go.
 * The async twins never run activations on the event loop: they queue the
   message, wake the worker, and await a future resolved after the commit.
 
@@ -148,6 +151,8 @@ class ThreadCall(Call):
     __slots__ = ("_signal", "_then", "_left", "group")
     #: woken by the caller answered before it (False: by the publisher, see MainThreadCall)
     chained: ClassVar[bool] = True
+    #: the main thread working inline (see InlineMainCall)
+    inline_main: ClassVar[bool] = False
 
     def __init__(self, envelope: Envelope[Any, Any], raises: bool, row: Any = None) -> None:
         Call.__init__(self, envelope, raises, row)
@@ -178,6 +183,14 @@ class ThreadCall(Call):
             _release(then._signal)
 
 
+class InlineMainCall(ThreadCall):
+    """The main thread's, in memory: it works inline like any thread, marked as inside the
+    engine meanwhile (see ``World._main_inside``)."""
+
+    __slots__ = ()
+    inline_main = True
+
+
 class MainThreadCall(ThreadCall):
     """The main thread's, in a durable world. A signal can interrupt the main thread between
     any two steps (``_interruptible``), so it runs nothing others depend on: the worker
@@ -197,7 +210,18 @@ def _interruptible() -> bool:
     Engine code stopped halfway would lose or strand other callers' work: a batch taken
     and never committed, a commit that landed reported as failed, a chain of wake-ups cut.
     """
-    return _thread.get_ident() == threading.main_thread().ident
+    return _thread.get_ident() == _main_ident
+
+
+_main_ident = threading.main_thread().ident  # cached: asked on every call
+
+
+def _main_thread_changed() -> None:
+    global _main_ident
+    _main_ident = threading.main_thread().ident  # a forked child's main thread is the forking one
+
+
+os.register_at_fork(after_in_child=_main_thread_changed)  # after threading's own hook
 
 
 class _Shielded(Generic[T]):
@@ -460,7 +484,9 @@ class World(Generic[E]):
         self._committer: threading.Thread | None = None
         self._regroup = Regroup()
         self._main_call: ThreadCall | None = None  # the worker processes up to it, as its caller would
-        self._main_reading = False  # the main thread reads a state holding the engine's locks
+        # The main thread runs engine code holding the engine's locks: a state read, or in
+        # memory any call. A signal handler that interrupts it there cannot wait for them.
+        self._main_inside = False
         self._pid = os.getpid()
         forsake_in_forked_children(self)
 
@@ -610,42 +636,61 @@ class World(Generic[E]):
     #: what ``_check_open`` says once the world is closed
     _closed_reason = "is closed: open a new one to keep working"
 
+    def _main_caller(self) -> bool:
+        """Whether the caller is the main thread, where signal handlers run (``_interruptible``).
+
+        Raises ReentrantCallError in a handler that interrupted the main thread inside the
+        engine (``_main_inside``): the call would wait forever for locks its own thread holds."""
+        if _thread.get_ident() != _main_ident:
+            return False
+        if self._main_inside:
+            raise ReentrantCallError(
+                f"{self!r} was called from a signal handler that interrupted a call of this same "
+                "thread, which holds the ecosystem's locks until the handler returns: the call "
+                "could never finish. Have the handler set a flag (or hand the work to another "
+                "thread) and make the call after it returns. Only close(), of the world or of a "
+                "subscription, may be called there: it finishes once the interrupted call lets go"
+            )
+        return True
+
     def _guarded(self) -> bool:
         """Whether this caller leaves engine work to the engine's threads: the main thread of
         a durable world (see ``_interruptible``), where an interruption could cost an
         acknowledged commit or strand other callers. In memory the thread hop would cost
-        ten times the call, so the main thread works inline there.
-
-        Raises ReentrantCallError in a signal handler that interrupted a state read here:
-        that read holds the engine's locks, so any call would wait for it forever."""
-        if not (self.pipelined and _interruptible()):
-            return False
-        if self._main_reading:
-            raise ReentrantCallError(
-                f"{self!r} was called from a signal handler that interrupted a state() or follow() "
-                "of this same thread, which holds the ecosystem's locks until the handler returns: "
-                "the call could never finish. Have the handler set a flag (or hand the work to "
-                "another thread) and make the call after it returns. Only close(), of the world or "
-                "of a subscription, may be called there: it finishes once the read lets go of the locks"
-            )
-        return True
+        ten times the call, so the main thread works inline there (``_main_inside``)."""
+        return self._main_caller() and self.pipelined
 
     def _after_the_read(self, operation: Callable[[], None], name: str) -> bool:
-        """In a signal handler that interrupted a state read of this thread (holding the engine's
-        locks, see ``_guarded``), start ``operation`` on a thread that runs it once the read lets
-        go, and return True; elsewhere return False. The thread is not a daemon: the interpreter
-        waits for it before exiting."""
-        if not (self._main_reading and _interruptible()):
+        """In a signal handler that interrupted the main thread inside the engine (holding its
+        locks, see ``_main_inside``), start ``operation`` on a thread that runs it once they are
+        let go, and return True; elsewhere return False. The thread is not a daemon: the
+        interpreter waits for it before exiting."""
+        if not (self._main_inside and _interruptible()):
             return False
         threading.Thread(target=operation, name=name).start()
         return True
 
     def _thread_call(self, envelope: Envelope[Any, Any], raises: bool) -> ThreadCall:
-        return (MainThreadCall if self._guarded() else ThreadCall)(envelope, raises)
+        if _thread.get_ident() != _main_ident or not self._main_caller():  # inlined: every call asks
+            return ThreadCall(envelope, raises)
+        return (MainThreadCall if self.pipelined else InlineMainCall)(envelope, raises)
 
     def _shielded(self, operation: Callable[[], T]) -> T:
-        """Run ``operation``, which takes the engine's locks, where no signal can stop it halfway."""
-        return _on_own_thread(operation) if self._guarded() else operation()
+        """Run ``operation``, which takes the engine's locks, where no signal can stop it halfway
+        (in memory, the main thread runs it inline, marked as inside the engine)."""
+        if not self._main_caller():
+            return operation()
+        if self.pipelined:
+            return _on_own_thread(operation)
+        return self._inside(operation)
+
+    def _inside(self, operation: Callable[[], T]) -> T:
+        """The main thread runs ``operation`` inline, marked as inside the engine."""
+        self._main_inside = True
+        try:
+            return operation()
+        finally:
+            self._main_inside = False
 
     def _check_open(self) -> None:
         """Raise ClosedError if closed. Public methods call it before taking any lock:
@@ -701,20 +746,27 @@ class World(Generic[E]):
             call.wait()
             self._raise_for_send(call)
             return
-        with self._run_lock:
-            if not call.consumed:
-                if self._closed:
-                    call.fail(ClosedError(f"{self!r} was closed before {call.envelope!r} was processed"))
-                else:
-                    self._process_queue(call)
-            if thread_marks.group == self._regroup.group:
-                self._regroup.came_back()
+        inside = call.inline_main
+        if inside:
+            self._main_inside = True  # see _main_caller
         try:
-            if not call.done:
-                self._flush(call)
-                call.wait()
+            with self._run_lock:
+                if not call.consumed:
+                    if self._closed:
+                        call.fail(ClosedError(f"{self!r} was closed before {call.envelope!r} was processed"))
+                    else:
+                        self._process_queue(call)
+                if thread_marks.group == self._regroup.group:
+                    self._regroup.came_back()
+            try:
+                if not call.done:
+                    self._flush(call)
+                    call.wait()
+            finally:
+                call.leave()
         finally:
-            call.leave()
+            if inside:
+                self._main_inside = False
         thread_marks.group = call.group
         self._raise_for_send(call)
         if self._queue:
@@ -732,15 +784,14 @@ class World(Generic[E]):
         """``_settled``, safe from signals: in the main thread of a durable world, read inline
         if nothing waits to be committed (a read leaves nothing half done), else run it on
         its own thread (see ``_shielded``)."""
-        if self._guarded():
-            self._main_reading = True  # holding the engine's locks (see close and _guarded)
-            try:
-                found = self._settled(address, on_close, commit=False)
-            finally:
-                self._main_reading = False
-            if found is not MISSING:
-                return found
-        return self._shielded(lambda: self._settled(address, on_close))
+        if not self._main_caller():
+            return self._settled(address, on_close)
+        if not self.pipelined:
+            return self._inside(lambda: self._settled(address, on_close))
+        found = self._inside(lambda: self._settled(address, on_close, commit=False))
+        if found is not MISSING:
+            return found
+        return _on_own_thread(lambda: self._settled(address, on_close))
 
     def _settled(self, address: Address[Any, Any, Any], on_close: Any, commit: bool = True) -> Any:
         """The state after every message processed so far, once committed; with ``on_close``,

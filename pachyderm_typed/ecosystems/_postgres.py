@@ -530,7 +530,8 @@ class Postgres(World[E]):
 
         Pending messages stay in the database for the other nodes (or the next start).
         """
-        forbid_inside_activation("close")
+        if not _interruptible():  # a signal handler (a graceful shutdown) may land in entity code
+            forbid_inside_activation("close")
         with self._close_lock:
             if self._closed:
                 return
