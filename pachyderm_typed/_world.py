@@ -577,13 +577,13 @@ class World(Generic[E]):
     def close(self) -> None:
         """Commit what was processed, stop the threads, end every subscription, release the store.
 
-        Called from a signal handler (say SIGTERM's) that interrupted a read of this very
-        world in the main thread, it cannot wait: that read holds the locks closing needs.
-        It then returns at once and the world closes as soon as the read lets go of them,
-        before the interpreter exits.
+        Called from a signal handler (say SIGTERM's) that interrupted the main thread inside
+        this world's engine (a state read; in memory, any call), it cannot wait: the
+        interrupted code holds the locks closing needs. It then returns at once and the world
+        closes as soon as they are let go, before the interpreter exits.
         """
-        if self._closed or self._after_the_read(self._close, "pachyderm-close"):
-            return  # (a handler may land in init() run by that read: the check comes first)
+        if self._closed or self._once_main_lets_go(self._close, "pachyderm-close"):
+            return  # (a handler may land in entity code run there: this check comes first)
         forbid_inside_activation("close")
         self._shielded(self._close)
 
@@ -653,14 +653,7 @@ class World(Generic[E]):
             )
         return True
 
-    def _guarded(self) -> bool:
-        """Whether this caller leaves engine work to the engine's threads: the main thread of
-        a durable world (see ``_interruptible``), where an interruption could cost an
-        acknowledged commit or strand other callers. In memory the thread hop would cost
-        ten times the call, so the main thread works inline there (``_main_inside``)."""
-        return self._main_caller() and self.pipelined
-
-    def _after_the_read(self, operation: Callable[[], None], name: str) -> bool:
+    def _once_main_lets_go(self, operation: Callable[[], None], name: str) -> bool:
         """In a signal handler that interrupted the main thread inside the engine (holding its
         locks, see ``_main_inside``), start ``operation`` on a thread that runs it once they are
         let go, and return True; elsewhere return False. The thread is not a daemon: the
@@ -671,6 +664,10 @@ class World(Generic[E]):
         return True
 
     def _thread_call(self, envelope: Envelope[Any, Any], raises: bool) -> ThreadCall:
+        """The main thread of a durable world leaves engine work to the engine's threads
+        (``MainThreadCall``): an interruption could cost an acknowledged commit or strand other
+        callers. In memory the thread hop would cost ten times the call, so the main thread
+        works inline there, marked as inside the engine (``InlineMainCall``)."""
         if _thread.get_ident() != _main_ident or not self._main_caller():  # inlined: every call asks
             return ThreadCall(envelope, raises)
         return (MainThreadCall if self.pipelined else InlineMainCall)(envelope, raises)
@@ -783,7 +780,8 @@ class World(Generic[E]):
     def _settled_shielded(self, address: Address[Any, Any, Any], on_close: Any) -> Any:
         """``_settled``, safe from signals: in the main thread of a durable world, read inline
         if nothing waits to be committed (a read leaves nothing half done), else run it on
-        its own thread (see ``_shielded``)."""
+        its own thread (see ``_shielded``). The main thread reading inline is marked as inside
+        the engine (``_main_inside``)."""
         if not self._main_caller():
             return self._settled(address, on_close)
         if not self.pipelined:
@@ -1132,7 +1130,7 @@ class World(Generic[E]):
         return state
 
     def _unfollow(self, subscription: Subscription[Any]) -> None:
-        if self._after_the_read(lambda: self._unfollow_now(subscription), "pachyderm-unfollow"):
+        if self._once_main_lets_go(lambda: self._unfollow_now(subscription), "pachyderm-unfollow"):
             return
         forbid_inside_activation("Subscription.close")  # entity code would hold the run lock
         self._unfollow_now(subscription)
