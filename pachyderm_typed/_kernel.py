@@ -74,12 +74,8 @@ class Kernel:
         # init is the entity's code as much as activate: it must not call the ecosystem either.
         # It may run where the caller holds the engine's locks (a state() read), and a call
         # from there would wait for them forever.
-        depth = _local.depth
-        _local.depth = depth + 1
-        try:
+        with activating():
             return spec.impl.init(address.id)
-        finally:
-            _local.depth = depth
 
     def activate(
         self,
