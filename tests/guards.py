@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 import pytest
@@ -37,3 +38,14 @@ def fail_stuck(make_world: MakeWorld, world: World[Any], what: str) -> NoReturn:
     assert isinstance(make_world, WorldFactory)
     make_world.opened.remove(world)
     pytest.fail(what)
+
+
+def on_thread_or_fail(make_world: MakeWorld, world: World[Any], target: Callable[[], object], what: str,
+                      seconds: float = 20.0) -> None:
+    """Run ``target`` on a daemon thread and wait for it; still running after ``seconds``,
+    it is waiting forever: fail the test (see ``fail_stuck``) with ``what``."""
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        fail_stuck(make_world, world, f"{what} is still waiting after {seconds:g} s")

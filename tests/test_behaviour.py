@@ -19,13 +19,14 @@ from pachyderm_typed import (
     MessageTypeError,
     SendInsideActivationError,
     UndeclaredEntityError,
+    World,
 )
 from pachyderm_typed._address import make_envelope
 from pachyderm_typed.ecosystems import InMemory, LocalDisk
 from pachyderm_typed._world import Batch, ThreadCall
 from tests import entities as ents
 from tests.conftest import MakeWorld
-from tests.guards import fail_stuck, hangs_fail
+from tests.guards import hangs_fail, on_thread_or_fail
 from tests.entities import (
     App,
     Burst,
@@ -197,6 +198,18 @@ def test_send_inside_activate_is_reported(make_world: MakeWorld) -> None:
     assert world.state(Counter.address("side")) == 0
 
 
+def poke_recording(world: World[Any], outcomes: list[BaseException]) -> Callable[[], None]:
+    """A caller that pokes Hooked "h" (running ents.HOOK) and records what that raised."""
+
+    def call() -> None:
+        try:
+            world.send_sync(Hooked.post("h", Poke()))
+        except BaseException as exc:
+            outcomes.append(exc)
+
+    return call
+
+
 @pytest.mark.parametrize("operation", ["state", "follow", "dead_letters", "close"])
 def test_any_other_call_on_the_ecosystem_inside_activate_is_refused(make_world: MakeWorld, operation: str) -> None:
     """Reads and close() from activate: in memory and on disk the activation runs under the
@@ -211,19 +224,9 @@ def test_any_other_call_on_the_ecosystem_inside_activate_is_refused(make_world: 
     }
     ents.HOOK.append(calls[operation])
     caught: list[BaseException] = []
-
-    def call() -> None:
-        try:
-            world.send_sync(Hooked.post("h", Poke()))
-        except BaseException as exc:
-            caught.append(exc)
-
+    call = poke_recording(world, caught)
     try:
-        thread = threading.Thread(target=call, daemon=True)
-        thread.start()
-        thread.join(WAIT)
-        if thread.is_alive():
-            fail_stuck(make_world, world, f"{operation}() from activate() is still waiting after {WAIT} s")
+        on_thread_or_fail(make_world, world, call, f"{operation}() from activate()", WAIT)
         if operation != "close":
             # In the main thread a close() from entity code cannot be told from a signal
             # handler's that landed there (a graceful shutdown), which must close the world.
@@ -281,11 +284,7 @@ def test_an_init_that_calls_the_ecosystem_is_refused_wherever_it_runs(make_world
             attempts()  # the main thread
         in_main = dict(outcomes)
         outcomes.clear()
-        thread = threading.Thread(target=attempts, daemon=True)
-        thread.start()
-        thread.join(WAIT)
-        if thread.is_alive():
-            fail_stuck(make_world, world, f"a call from init() is still waiting after {WAIT} s")
+        on_thread_or_fail(make_world, world, attempts, "a call from init()", WAIT)
     finally:
         INIT_HOOK.clear()
     for seen in (in_main, outcomes):
@@ -334,18 +333,10 @@ def test_an_activate_that_calls_sys_exit_fails_that_message_alone(make_world: Ma
     world = make_world(App)
     ents.HOOK.append(lambda: sys.exit(3))
     outcomes: list[BaseException] = []
-
-    def call() -> None:
-        try:
-            world.send_sync(Hooked.post("h", Poke()))
-        except BaseException as exc:
-            outcomes.append(exc)
-
+    call = poke_recording(world, outcomes)
     try:
+        on_thread_or_fail(make_world, world, call, "a send_sync whose activation called sys.exit()", WAIT)
         with hangs_fail():
-            thread = threading.Thread(target=call)
-            thread.start()
-            thread.join()
             with pytest.raises(ActivationError, match="SystemExit: 3"):
                 asyncio.run(world.asend_sync(Hooked.post("h", Poke())))
             call()  # the main thread
