@@ -904,35 +904,59 @@ class World(Generic[E]):
         return bool(self._sealed or self._open)
 
     def _flush(self, own: ThreadCall | None) -> None:
-        """Commit and publish what was processed, in order.
+        """Commit and publish what was processed, in order, unless someone else is.
 
-        An inline caller (``own``) commits while nobody else does, and stops
-        once its own message is published. If another thread holds the commit
-        lock, a durable store leaves the batch to it: every committer looks for
-        new work after letting go of the lock.
+        Nobody waits for the commit lock here: whoever finds it held leaves its batch to
+        the holder, and every holder looks for new work after letting go of it. A waiter
+        would be handed the lock as it is released, before it has the GIL back, so the
+        releasing thread's next call would wait for it in turn, and so on: a convoy with
+        a context switch per call (in memory, 2 threads made 2.4 times fewer calls than 1).
+
+        A durable store's inline caller (``own``) stops once its own message is published,
+        and the committer thread takes the rest (a commit is an fsync). In memory a commit
+        costs nothing, so the holder commits everything there is.
         """
         lock = self._commit_lock
-        block = not self.pipelined
-        while self._has_work() and not (own is not None and own.done):
-            if not lock.acquire(blocking=block):
+        pipelined = self.pipelined
+        while self._has_work() and not (pipelined and own is not None and own.done):
+            if not lock.acquire(blocking=False):
                 return
             try:
-                self._commit_sealed(until=None, own=own)
-            finally:
+                self._commit_sealed(until=None, own=own if pipelined else None)
+            except BaseException:
                 lock.release()
+                self._handed_back(unwinding=True)
+                raise
+            lock.release()
         self._handed_back()
 
     @contextlib.contextmanager
     def _committing(self) -> Iterator[None]:
         """Hold the commit lock (no batch is published meanwhile); hand back what others processed."""
-        with self._commit_lock:
-            yield
+        try:
+            with self._commit_lock:
+                yield
+        except BaseException:
+            self._handed_back(unwinding=True)
+            raise
         self._handed_back()
 
-    def _handed_back(self) -> None:
-        """After releasing the commit lock: hand what others processed meanwhile to the committer."""
-        if self.pipelined and self._has_work():
+    def _handed_back(self, unwinding: bool = False) -> None:
+        """After releasing the commit lock: commit what others processed meanwhile and left to
+        the holder (see ``_flush``), or have the committer thread of a durable store do it.
+
+        Also when the holder is ``unwinding`` from an exception (a read that failed; Ctrl-C
+        in the main thread, in memory): the callers that found the lock held wait for it
+        all the same. The worker commits then, not the unwinding thread.
+        """
+        if not self._has_work():
+            return
+        if self.pipelined:
             self._kick_committer()
+        elif unwinding:
+            self._kick()
+        else:
+            self._flush(None)
 
     def _commit_sealed(
         self, until: int | None, own: ThreadCall | None = None, gather: bool = False
@@ -1088,10 +1112,12 @@ class World(Generic[E]):
                     full = len(self._open) >= self.batch_size
                 if split:
                     self._kick_committer()  # the first half is committed, by it or by this thread
-                elif not full and self.pipelined:
-                    self._flush(None)  # commit here if the disk is free, else leave it to the committer
-                else:  # in memory, or the committer is behind: commit here (back-pressure)
+                elif not full or not self.pipelined:
+                    self._flush(None)  # commit here if nobody else is, else leave it to who is
+                else:  # the committer is behind: commit here (back-pressure)
                     self._commit_here()
+            if not self.pipelined and self._has_work() and not self._closed:
+                self._flush(None)  # left by a caller interrupted while committing (see _flush)
 
     def _splits(self) -> bool:
         """Under the run lock: whether the worker should start the idle disk on half the queue.

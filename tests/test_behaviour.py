@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -391,6 +393,62 @@ def test_concurrent_threads_each_see_their_own_result(make_world: MakeWorld) -> 
     for slot in results:
         assert slot == sorted(slot)
     assert world.state(Counter.address("shared")) == 320
+
+
+def _processed_and_waiting(world: World[Any], thread: threading.Thread) -> None:
+    """Wait until ``thread``'s send_sync has processed its message and waits for a commit."""
+    deadline = time.monotonic() + 20
+    while not world._has_work():
+        assert thread.is_alive() and time.monotonic() < deadline, "the caller never processed its message"
+        time.sleep(0.001)
+
+
+def _waiting_in(thread: threading.Thread) -> str:
+    """The innermost frame of ``thread``, once it is blocked (its name and function)."""
+    deadline = time.monotonic() + 20
+    while True:
+        frame = sys._current_frames()[thread.ident]  # type: ignore[index]
+        name = f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_code.co_name}"
+        if frame.f_code.co_name in ("wait", "_flush") or time.monotonic() > deadline:
+            return name
+        time.sleep(0.001)
+
+
+def test_a_caller_that_finds_the_commit_lock_held_waits_for_its_answer_not_the_lock() -> None:
+    """In memory, a caller never blocks on the commit lock: a blocked waiter is handed the lock
+    when it is released, before it has the GIL back, and every next call queues behind the
+    last one (a convoy). The holder commits the batches others left once it lets go."""
+    world = InMemory(App)
+    answered: list[int] = []
+    caller = threading.Thread(target=lambda: answered.append(world.send_sync(Counter.post("held", Increment()))))
+    with world._committing():  # as a state() read holds it
+        caller.start()
+        _processed_and_waiting(world, caller)
+        assert _waiting_in(caller) == "_world.py:wait"
+        assert not answered
+    caller.join(timeout=20)
+    assert answered == [1]
+    world.close()
+
+
+@pytest.mark.parametrize("kind", ["inmemory", "localdisk"])
+def test_callers_left_to_a_commit_lock_holder_that_raises_are_answered(kind: str, tmp_path: Path) -> None:
+    """A holder that leaves by an exception (a read that failed, Ctrl-C) still hands on the
+    batches other callers processed meanwhile and left to it."""
+    world: World[App] = InMemory(App) if kind == "inmemory" else LocalDisk(App, tmp_path / "held.db")
+    answered: list[int] = []
+    caller = threading.Thread(
+        target=lambda: answered.append(world.send_sync(Counter.post("held", Increment()))), daemon=True
+    )
+    with pytest.raises(LookupError):
+        with world._committing():
+            caller.start()
+            _processed_and_waiting(world, caller)
+            raise LookupError("the holder fails")
+    caller.join(timeout=20)
+    assert answered == [1], "the caller was left waiting"
+    assert world.state(Counter.address("held")) == 1
+    world.close()
 
 
 @pytest.mark.parametrize("leaves", ["before its batch is published", "after its batch is published"])
