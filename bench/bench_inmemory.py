@@ -147,6 +147,31 @@ def pachyderm_send_sync_latency(calls: int) -> list[float]:
     return samples
 
 
+def pachyderm_threads_rate(threads: int, seconds: float) -> float:
+    """send_sync calls per second from ``threads`` threads, each to its own counter."""
+    counts = [0] * threads
+    with InMemory(Counters) as world:
+        stop = time.perf_counter() + seconds
+
+        def run(slot: int) -> None:
+            envelope = Counter.post(f"thread-{slot}", Increment())
+            done = 0
+            while time.perf_counter() < stop:
+                world.send_sync(envelope)
+                done += 1
+            counts[slot] = done
+
+        workers = [threading.Thread(target=run, args=(slot,)) for slot in range(threads)]
+        start = time.perf_counter()
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        elapsed = time.perf_counter() - start
+        assert all(world.state(Counter.address(f"thread-{slot}")) == counts[slot] for slot in range(threads))
+    return sum(counts) / elapsed
+
+
 def pykka_ask_latency(calls: int) -> list[float]:
     import pykka
 
@@ -201,6 +226,16 @@ def main() -> None:
     print(f"  {'pachyderm send_sync':<26}{med:>12.2f}{p99:>10.2f}   (target median <= 10 us)")
     print(f"  {'pykka ask':<26}{pmed:>12.2f}{pp99:>10.2f}")
     print(f"  pykka ask / send_sync median: {pmed / med:.1f} x")
+
+    # Threads share the GIL, so more of them cannot make more calls; they should not make
+    # many fewer either (each call a context switch: see World._flush).
+    print(f"\nsend_sync from several plain threads, each to its own counter (best of {args.runs}, 1 s each)")
+    print(f"  {'threads':<26}{'calls/s':>12}{'ratio':>10}")
+    single = 0.0
+    for threads in (1, 2, 8, 16):
+        rate = best_of(args.runs, lambda: pachyderm_threads_rate(threads, 1.0))
+        single = single or rate
+        print(f"  {threads:<26}{rate:>12,.0f}{rate / single:>10.2f}   x 1 thread")
 
 
 if __name__ == "__main__":
