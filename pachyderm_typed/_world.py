@@ -15,9 +15,10 @@ Commits run outside the run lock, so on disk the next batch is processed while
 the previous one is being written (a pipelined group commit): with many
 senders the fsync overlaps the Python work of the next batch instead of adding
 to it. Whoever processed a batch commits it if nobody else is committing;
-otherwise the committer in charge picks it up before it lets go of the lock,
-and a durable store keeps a committer thread for that (``pipelined``) so an
-inline caller is never kept committing other callers' batches. That thread may
+otherwise it leaves the batch to the committer in charge, which looks for new
+work after letting go of the lock (nobody waits for it: see ``_flush``). A
+durable store keeps a committer thread for that (``pipelined``) so an inline
+caller is never kept committing other callers' batches. That thread may
 wait, up to one commit, for the thread callers it just answered, when they come
 back fast enough to share the next commit (``Regroup``). The worker, finding a
 long queue while the disk is idle, commits it in two halves (``_splits``), so
