@@ -16,6 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -23,6 +24,7 @@ import attrs
 from pachyderm_typed import Ecosystem, Entity, Outbox
 from pachyderm_typed.ecosystems import InMemory
 
+from bench_localdisk import threads_rate  # its durable=False: the same thread callers on InMemory
 from counter import Counter, Increment  # bench/counter.py
 
 
@@ -147,31 +149,6 @@ def pachyderm_send_sync_latency(calls: int) -> list[float]:
     return samples
 
 
-def pachyderm_threads_rate(threads: int, seconds: float) -> float:
-    """send_sync calls per second from ``threads`` threads, each to its own counter."""
-    counts = [0] * threads
-    with InMemory(Counters) as world:
-        stop = time.perf_counter() + seconds
-
-        def run(slot: int) -> None:
-            envelope = Counter.post(f"thread-{slot}", Increment())
-            done = 0
-            while time.perf_counter() < stop:
-                world.send_sync(envelope)
-                done += 1
-            counts[slot] = done
-
-        workers = [threading.Thread(target=run, args=(slot,)) for slot in range(threads)]
-        start = time.perf_counter()
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
-        elapsed = time.perf_counter() - start
-        assert all(world.state(Counter.address(f"thread-{slot}")) == counts[slot] for slot in range(threads))
-    return sum(counts) / elapsed
-
-
 def pykka_ask_latency(calls: int) -> list[float]:
     import pykka
 
@@ -233,7 +210,7 @@ def main() -> None:
     print(f"  {'threads':<26}{'calls/s':>12}{'ratio':>10}")
     single = 0.0
     for threads in (1, 2, 8, 16):
-        rate = best_of(args.runs, lambda: pachyderm_threads_rate(threads, 1.0))
+        rate = best_of(args.runs, lambda: threads_rate(Path(), threads, 1.0, durable=False).per_second)
         single = single or rate
         print(f"  {threads:<26}{rate:>12,.0f}{rate / single:>10.2f}   x 1 thread")
 
