@@ -22,8 +22,9 @@ Modes:
                          got, how many calls were refused as reentrant, and the final state
   interrupted PATH S OUT for S seconds 4 threads and the main thread send_sync numbered
                          entries (the main thread reads a state after each) while a
-                         thread sends this process SIGINT every 0-3 ms;
-                         the main thread catches each KeyboardInterrupt and goes on. Then
+                         thread sends this process SIGINT every 0-3 ms (raised as
+                         KeyboardInterrupt only inside the main thread's calls);
+                         the main thread catches each one and goes on. Then
                          close and write each call's outcome to OUT (JSON)
 """
 
