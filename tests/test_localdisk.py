@@ -685,10 +685,10 @@ def test_a_long_queue_is_split_in_two_commits_only_when_the_disk_is_idle(tmp_pat
     async def main() -> list[int]:
         await world.asend_sync(Counter.post("warm-up", Increment()))  # starts the worker
         world.sizes.clear()
-        world._run_lock.acquire()  # hold the engine while all tasks queue up
         committing = world._committing()  # held as a commit (or a reader of state) holds it
         if disk_busy:
-            committing.__enter__()
+            committing.__enter__()  # first: the engine's lock order is commit lock, then run lock
+        world._run_lock.acquire()  # hold the engine while all tasks queue up
         tasks = [asyncio.ensure_future(world.asend_sync(Counter.post(f"a{n}", Increment()))) for n in range(count)]
         while len(world._queue) < count:
             await asyncio.sleep(0.001)
