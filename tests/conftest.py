@@ -6,6 +6,7 @@ get too.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,29 @@ from tests.helpers_postgres.support import DSN as PG_DSN  # noqa: E402
 from tests.helpers_postgres.support import UNAVAILABLE as POSTGRES_UNAVAILABLE  # noqa: E402
 
 MakeWorld = Callable[..., World[Any]]
+
+#: seconds any one test may take: a hang fails that test instead of holding the whole run
+#: until CI gives up on it
+TEST_SECONDS = 300
+
+
+@pytest.fixture(autouse=True)
+def _a_hang_fails_the_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """SIGALRM's handler runs in the main thread, where pytest runs the test, and interrupts
+    a blocked wait there (``tests.guards.hangs_fail`` arms a shorter alarm inside, then this
+    one again)."""
+
+    def expired(signum: int, frame: object) -> None:
+        signal.alarm(30)  # again, if cleaning up after this hangs too (closing a stuck world)
+        raise TimeoutError(f"{request.node.nodeid} is still running after {TEST_SECONDS} s: something hangs")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(TEST_SECONDS)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture(params=["inmemory", "localdisk", "postgres"])

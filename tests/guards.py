@@ -24,12 +24,13 @@ def hangs_fail(seconds: int = 20) -> Iterator[None]:
         raise TimeoutError(f"still waiting after {seconds} s: the engine stopped answering")
 
     previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
+    outer = signal.alarm(seconds)  # the whole test's guard (conftest), armed again after
     try:
         yield
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+        signal.alarm(outer)
 
 
 def fail_stuck(make_world: MakeWorld, world: World[Any], what: str) -> NoReturn:
