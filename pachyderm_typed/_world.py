@@ -684,11 +684,18 @@ class World(Generic[E]):
 
     def _inside(self, operation: Callable[[], T]) -> T:
         """The main thread runs ``operation`` inline, marked as inside the engine."""
+        outer = self._main_inside
         self._main_inside = True
         try:
             return operation()
         finally:
-            self._main_inside = False
+            self._main_inside = outer
+
+    def _marked_if_main(self, operation: Callable[[], T]) -> T:
+        """Run ``operation``, which holds the run lock a moment, marked as inside the engine if
+        this is the main thread: a signal handler landing there is refused, not left waiting
+        for a lock its own thread holds."""
+        return self._inside(operation) if _interruptible() else operation()
 
     def _check_open(self) -> None:
         """Raise ClosedError if closed. Public methods call it before taking any lock:
@@ -1084,6 +1091,9 @@ class World(Generic[E]):
         self._commit_wake.ring()
 
     def _start(self, attribute: str, target: Any) -> None:
+        self._marked_if_main(lambda: self._start_now(attribute, target))
+
+    def _start_now(self, attribute: str, target: Any) -> None:
         with self._run_lock:
             if getattr(self, attribute) is None and not self._closed:
                 thread = threading.Thread(
@@ -1160,7 +1170,7 @@ class World(Generic[E]):
         if self._once_main_lets_go(lambda: self._unfollow_now(subscription), "pachyderm-unfollow"):
             return
         forbid_inside_activation("Subscription.close")  # entity code would hold the run lock
-        self._unfollow_now(subscription)
+        self._marked_if_main(lambda: self._unfollow_now(subscription))
 
     def _unfollow_now(self, subscription: Subscription[Any]) -> None:
         with self._run_lock:

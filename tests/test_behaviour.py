@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 import threading
 import time
@@ -19,10 +20,12 @@ from pachyderm_typed import (
     Entity,
     Outbox,
     MessageTypeError,
+    ReentrantCallError,
     SendInsideActivationError,
     UndeclaredEntityError,
     World,
 )
+from pachyderm_typed import _world
 from pachyderm_typed._address import make_envelope
 from pachyderm_typed.ecosystems import InMemory, LocalDisk
 from pachyderm_typed._world import Batch, ThreadCall
@@ -448,6 +451,56 @@ def test_callers_left_to_a_commit_lock_holder_that_raises_are_answered(kind: str
     caller.join(timeout=20)
     assert answered == [1], "the caller was left waiting"
     assert world.state(Counter.address("held")) == 1
+    world.close()
+
+
+class _SignalOnThreadStart:
+    """``threading`` as the engine sees it, except that creating a thread in the main thread
+    first raises SIGUSR1 there: its handler runs while the engine starts its worker, holding
+    the run lock."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(threading, name)
+
+    @staticmethod
+    def Thread(*args: Any, **kwargs: Any) -> threading.Thread:  # noqa: N802 (threading's name)
+        if threading.current_thread() is threading.main_thread():
+            signal.raise_signal(signal.SIGUSR1)
+        return threading.Thread(*args, **kwargs)
+
+
+@pytest.mark.parametrize("kind", ["inmemory", "localdisk"])
+def test_a_signal_handler_landing_while_the_main_thread_starts_the_worker_is_refused(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The main thread starts the worker on its first call that needs it, holding the run lock a
+    moment. A signal handler that lands there and calls in is refused; it used to wait for that
+    lock, which its own thread held, forever (seen in the InMemory signal-handler child)."""
+    world: World[App] = InMemory(App) if kind == "inmemory" else LocalDisk(App, tmp_path / "start.db")
+    seen: list[str] = []
+
+    def handler(signum: int, frame: object) -> None:
+        try:
+            seen.append(f"answered {world.send_sync(Counter.post('h', Increment()))}")
+        except ReentrantCallError:
+            seen.append("refused")
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    monkeypatch.setattr(_world, "threading", _SignalOnThreadStart())
+    try:
+        with hangs_fail():
+            # In memory the forwarded message is left to the worker; on disk the main thread's
+            # own call is: either way this call starts the worker, from the main thread.
+            assert world.send_sync(Forwarder.post("f", Forward("c"))) == 1
+    finally:
+        monkeypatch.undo()
+        signal.signal(signal.SIGUSR1, previous)
+    assert seen == ["refused"]
+    deadline = time.monotonic() + 20
+    while world.state(Counter.address("c")) != 1:  # the worker delivers the forwarded message
+        assert time.monotonic() < deadline, "the forwarded message was never delivered"
+        time.sleep(0.01)
+    assert world.state(Counter.address("h")) == 0
     world.close()
 
 
