@@ -6,7 +6,6 @@ get too.
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ pytest.register_assert_rewrite("pachyderm_typed.testing")  # imported below, bef
 
 from pachyderm_typed import World  # noqa: E402
 from pachyderm_typed.testing import WorldFactory  # noqa: E402
+from tests.guards import hangs_fail  # noqa: E402
 from tests.helpers_postgres.support import DSN as PG_DSN  # noqa: E402
 from tests.helpers_postgres.support import UNAVAILABLE as POSTGRES_UNAVAILABLE  # noqa: E402
 
@@ -30,21 +30,10 @@ TEST_SECONDS = 300
 
 @pytest.fixture(autouse=True)
 def _a_hang_fails_the_test(request: pytest.FixtureRequest) -> Iterator[None]:
-    """SIGALRM's handler runs in the main thread, where pytest runs the test, and interrupts
-    a blocked wait there (``tests.guards.hangs_fail`` arms a shorter alarm inside, then this
-    one again)."""
-
-    def expired(signum: int, frame: object) -> None:
-        signal.alarm(30)  # again, if cleaning up after this hangs too (closing a stuck world)
-        raise TimeoutError(f"{request.node.nodeid} is still running after {TEST_SECONDS} s: something hangs")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(TEST_SECONDS)
-    try:
+    """Every test runs under ``hangs_fail`` (tests that arm a shorter one inside get this
+    one back after it)."""
+    with hangs_fail(TEST_SECONDS, f"{request.node.nodeid} hangs", again=30):
         yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture(params=["inmemory", "localdisk", "postgres"])

@@ -6,22 +6,26 @@ import contextlib
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
 from pachyderm_typed import World
 from pachyderm_typed.testing import WorldFactory
-from tests.conftest import MakeWorld
+
+if TYPE_CHECKING:  # conftest arms hangs_fail for every test: it imports this module
+    from tests.conftest import MakeWorld
 
 
 @contextlib.contextmanager
-def hangs_fail(seconds: int = 20) -> Iterator[None]:
+def hangs_fail(seconds: int = 20, what: str = "the engine stopped answering", again: int = 0) -> Iterator[None]:
     """Turn a call left waiting forever into a failure (pytest runs tests in the main thread,
-    where SIGALRM's handler can interrupt a blocked call)."""
+    where SIGALRM's handler can interrupt a blocked call). ``again``: seconds after which it
+    fires once more, if what runs after the first failure (closing a stuck world) hangs too."""
 
     def expired(signum: int, frame: object) -> None:
-        raise TimeoutError(f"still waiting after {seconds} s: the engine stopped answering")
+        signal.alarm(again)
+        raise TimeoutError(f"still waiting after {seconds} s: {what}")
 
     previous = signal.signal(signal.SIGALRM, expired)
     outer = signal.alarm(seconds)  # the whole test's guard (conftest), armed again after
