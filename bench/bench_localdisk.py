@@ -32,8 +32,13 @@ alike) take MS milliseconds longer, a sleep that releases the GIL as an fsync do
 show how group commit behaves where fsync costs more than on this machine. That run
 is throughput only.
 
+One CPU: --cpus 1 runs the whole bench (anchors included) on one CPU. Under the GIL the
+engine hands work between threads all the time, and on a VM a thread woken on another,
+idle CPU takes tens of microseconds to run: on one CPU a handoff is a plain context
+switch (41 vs 12 us one way, measured here on 2026-11-29).
+
 Run: .venv/bin/python bench/bench_localdisk.py [--seconds S] [--repeat R] [--million] [--no-scale]
-                                                [--slow-fsync MS]
+                                                [--slow-fsync MS] [--cpus N]
      (--million: the scale run with 1,000,000 entities; the default uses 100,000;
       --repeat: rounds of each throughput comparison, LocalDisk, floor and raw in turn)
 """
@@ -45,6 +50,7 @@ import argparse
 import asyncio
 import collections
 import json
+import os
 import random
 import sqlite3
 import statistics
@@ -566,6 +572,10 @@ def main() -> None:
         "--slow-fsync", type=float, default=0.0, metavar="MS",
         help="add MS milliseconds to every commit (a slower disk); throughput only",
     )
+    parser.add_argument(
+        "--cpus", type=int, default=None, metavar="N",
+        help="run on N of the CPUs this process may use (the anchors too); default: all of them",
+    )
     parser.add_argument("--dir", type=Path, default=None, help="directory for the files (default: a temp dir)")
     parser.add_argument("--scale-child", nargs=3, metavar=("PATH", "ENTITIES", "CALLS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -573,12 +583,21 @@ def main() -> None:
         path, entities, calls = args.scale_child
         print(json.dumps(scale_child(Path(path), int(entities), int(calls))))
         return
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.cpus is not None:
+        if not 1 <= args.cpus <= len(cpus):
+            parser.error(f"--cpus must be 1 to {len(cpus)} (the CPUs this process may use), got {args.cpus}")
+        cpus = cpus[: args.cpus]
+        os.sched_setaffinity(0, cpus)  # before any thread starts: they inherit it
     entities = args.entities or (1_000_000 if args.million else 100_000)
     global SLOW_COMMIT
     SLOW_COMMIT = args.slow_fsync / 1000
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-localdisk-") as tmp:
         directory = Path(tmp)
-        print(f"files in {directory} (Python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version})")
+        print(
+            f"files in {directory} (Python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}, "
+            f"{len(cpus)} CPU{'s' if len(cpus) > 1 else ''}: {','.join(map(str, cpus))})"
+        )
         if SLOW_COMMIT:
             print(f"every commit made {args.slow_fsync:g} ms slower (--slow-fsync), in LocalDisk, floor and raw alike")
         print()
