@@ -252,6 +252,25 @@ def test_a_signal_handler_that_calls_in_mid_read_gets_an_error_not_a_hang(tmp_pa
         assert world.state(Counter.address("c")) == 1 + len(answered)
 
 
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_a_long_queue_is_committed_in_two_halves_only_with_a_second_cpu(tmp_path: Path, cpus: int) -> None:
+    """Halves overlap Python with a commit on another CPU; on one CPU they would only add a commit."""
+    if cpus > len(os.sched_getaffinity(0)):
+        pytest.skip(f"this process may use {len(os.sched_getaffinity(0))} CPU(s), the test needs {cpus}")
+    calls = 150
+    proc = start("commits", str(tmp_path / "c.db"), str(cpus), str(calls))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    result = json.loads(out)
+    sizes = result["sizes"]
+    assert result["states"] == [1] * calls
+    assert sum(sizes) == calls
+    if cpus == 1:
+        assert max(sizes) > calls // 2, f"one CPU, yet the queue was split: commits of {sizes}"
+    else:
+        assert max(sizes) <= calls // 2, f"two CPUs, yet a commit took more than half the queue: commits of {sizes}"
+
+
 def test_a_second_process_gets_a_clear_error_naming_the_path(tmp_path: Path) -> None:
     path = tmp_path / "held.db"
     proc = start("hold", str(path))

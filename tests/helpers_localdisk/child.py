@@ -26,6 +26,10 @@ Modes:
                          KeyboardInterrupt only inside the main thread's calls);
                          the main thread catches each one and goes on. Then
                          close and write each call's outcome to OUT (JSON)
+  commits PATH CPUS N    on the first CPUS of the CPUs this process may use, await N
+                         asend_sync calls at once (after one to start the engine), each
+                         to its own counter; print a JSON line: the messages each commit
+                         carried, and the counters' final states
 """
 
 from __future__ import annotations
@@ -313,6 +317,34 @@ def handler(path: str, seconds: float) -> None:
     print(json.dumps({"answered": answered, "refused": refused, "final": final}), flush=True)
 
 
+def commits(path: str, cpus: int, n: int) -> None:
+    import asyncio
+    import json
+
+    from pachyderm_typed._world import Batch
+    from tests.entities import App, Counter, Increment
+
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cpus])  # before the world's threads start
+
+    class Counting(LocalDisk[Counter]):
+        sizes: list[int] = []
+
+        def _commit(self, batch: Batch) -> None:
+            super()._commit(batch)
+            self.sizes.append(len(batch))
+
+    world = Counting(App, path)
+
+    async def main() -> list[int]:
+        await world.asend_sync(Counter.post("warm-up", Increment()))
+        world.sizes.clear()
+        return await asyncio.gather(*(world.asend_sync(Counter.post(f"c{i}", Increment())) for i in range(n)))
+
+    states = asyncio.run(main())
+    world.close()
+    print(json.dumps({"sizes": world.sizes, "states": states}), flush=True)
+
+
 if __name__ == "__main__":
     mode, path, *rest = sys.argv[1:]
     if mode == "load":
@@ -333,5 +365,7 @@ if __name__ == "__main__":
         handler(path, float(rest[0]))
     elif mode == "interrupted":
         interrupted(path, float(rest[0]), rest[1])
+    elif mode == "commits":
+        commits(path, int(rest[0]), int(rest[1]))
     else:
         raise SystemExit(f"unknown mode {mode}")
