@@ -35,7 +35,7 @@ is throughput only.
 One CPU: --cpus 1 runs the whole bench (anchors included) on one CPU. Under the GIL the
 engine hands work between threads all the time, and on a VM a thread woken on another,
 idle CPU takes tens of microseconds to run: on one CPU a handoff is a plain context
-switch (41 vs 12 us one way, measured here on 2026-11-29).
+switch (37-47 against 8-12 us one way, measured here on 2026-11-29).
 
 Run: .venv/bin/python bench/bench_localdisk.py [--seconds S] [--repeat R] [--million] [--no-scale]
                                                 [--slow-fsync MS] [--cpus N]
