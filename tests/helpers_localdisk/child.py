@@ -26,9 +26,10 @@ Modes:
                          KeyboardInterrupt only inside the main thread's calls);
                          the main thread catches each one and goes on. Then
                          close and write each call's outcome to OUT (JSON)
-  commits PATH CPUS N    on the first CPUS of the CPUs this process may use, await N
-                         asend_sync calls at once (after one to start the engine), each
-                         to its own counter; print a JSON line: the messages each commit
+  commits PATH CPUS N    on the first CPUS of the CPUs this process may use, queue N
+                         asend_sync calls, each to its own counter, before the worker
+                         may start on them (after one call to start the engine), and
+                         await them; print a JSON line: the messages each commit
                          carried, and the counters' final states
 """
 
@@ -338,7 +339,13 @@ def commits(path: str, cpus: int, n: int) -> None:
     async def main() -> list[int]:
         await world.asend_sync(Counter.post("warm-up", Increment()))
         world.sizes.clear()
-        return await asyncio.gather(*(world.asend_sync(Counter.post(f"c{i}", Increment())) for i in range(n)))
+        # Holding the run lock keeps the worker from starting on the queue until every
+        # call is in it: however busy the machine, it finds all n at once.
+        with world._run_lock:
+            calls = [asyncio.ensure_future(world.asend_sync(Counter.post(f"c{i}", Increment()))) for i in range(n)]
+            await asyncio.sleep(0)  # each call queues its message, then waits for its future
+            assert len(world._queue) == n
+        return await asyncio.gather(*calls)
 
     states = asyncio.run(main())
     world.close()
