@@ -41,6 +41,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from pachyderm_typed.ecosystems import LocalDisk
 from tests.helpers_localdisk.workload import Entry, Fan, Log, Relay, Spread, Work
@@ -327,7 +328,7 @@ def commits(path: str, cpus: int, n: int) -> None:
 
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cpus])  # before the world's threads start
 
-    class Counting(LocalDisk[Counter]):
+    class Counting(LocalDisk[Any]):
         sizes: list[int] = []
 
         def _commit(self, batch: Batch) -> None:
