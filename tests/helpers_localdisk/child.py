@@ -328,18 +328,18 @@ def commits(path: str, cpus: int, n: int) -> None:
 
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cpus])  # before the world's threads start
 
-    class Counting(LocalDisk[Any]):
-        sizes: list[int] = []
+    sizes: list[int] = []
 
+    class Counting(LocalDisk[Any]):
         def _commit(self, batch: Batch) -> None:
             super()._commit(batch)
-            self.sizes.append(len(batch))
+            sizes.append(len(batch))
 
     world = Counting(App, path)
 
     async def main() -> list[int]:
         await world.asend_sync(Counter.post("warm-up", Increment()))
-        world.sizes.clear()
+        sizes.clear()
         # Holding the run lock keeps the worker from starting on the queue until every
         # call is in it: however busy the machine, it finds all n at once.
         with world._run_lock:
@@ -350,7 +350,7 @@ def commits(path: str, cpus: int, n: int) -> None:
 
     states = asyncio.run(main())
     world.close()
-    print(json.dumps({"sizes": world.sizes, "states": states}), flush=True)
+    print(json.dumps({"sizes": sizes, "states": states}), flush=True)
 
 
 if __name__ == "__main__":
