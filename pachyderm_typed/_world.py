@@ -65,6 +65,7 @@ import attrs
 from typing_extensions import Self
 
 from pachyderm_typed._address import Address, Envelope
+from pachyderm_typed._cpus import usable_cpus
 from pachyderm_typed._ecosystem import AnyEntity, Declaration, Ecosystem, EntitySpec
 from pachyderm_typed._fork import forsake_in_forked_children, released
 from pachyderm_typed._kernel import Kernel, forbid_inside_activation, thread_marks
@@ -259,14 +260,6 @@ def _on_own_thread(operation: Callable[[], T]) -> T:
     job = _Shielded(operation)
     threading.Thread(target=job.run, name="pachyderm-shielded", daemon=True).start()
     return job.outcome()
-
-
-def _usable_cpus() -> int:
-    """How many CPUs this thread may run on (its affinity, where the platform has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # no affinity on this platform (macOS, Windows)
-        return os.cpu_count() or 1
 
 
 def _release(signal: _thread.LockType) -> None:
@@ -494,7 +487,7 @@ class World(Generic[E]):
         self._committer: threading.Thread | None = None
         self._regroup = Regroup()
         # Splitting a long queue overlaps Python with a commit, which takes a second CPU.
-        self._splitting = self.pipelined and _usable_cpus() > 1
+        self._splitting = self.pipelined and usable_cpus() > 1
         self._main_call: ThreadCall | None = None  # the worker processes up to it, as its caller would
         # The main thread runs engine code holding the engine's locks: a state read, or in
         # memory any call. A signal handler that interrupts it there cannot wait for them.
@@ -1157,10 +1150,11 @@ class World(Generic[E]):
         calls per second; at 32 the extra commit cost as much as the overlap saved,
         hence ``split_at``.
 
-        Only with a second CPU (``_splitting``, decided when the world opens): on one,
-        the halves cannot overlap, and the extra commit costs CPU (an fsync took about
-        150 us of it here). 64 asyncio tasks on one CPU made 1.11 times as many calls
-        without splitting, on 2 CPUs 0.91 times (medians of 10 alternating rounds).
+        Only with a second CPU (``_splitting``, decided when the world opens, see
+        ``_cpus``): on one, the halves cannot overlap, and the extra commit costs CPU (an
+        fsync took about 150 us of it here). 64 asyncio tasks on one CPU made 1.11 times
+        as many calls without splitting, on 2 CPUs 0.91 times, on 2 CPUs with a cgroup
+        quota of one 1.12 times (medians of 10 alternating rounds).
         """
         return self._splitting and len(self._queue) >= self.split_at and not self._commit_lock.locked()
 

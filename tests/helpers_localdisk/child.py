@@ -26,7 +26,9 @@ Modes:
                          KeyboardInterrupt only inside the main thread's calls);
                          the main thread catches each one and goes on. Then
                          close and write each call's outcome to OUT (JSON)
-  commits PATH CPUS N    on the first CPUS of the CPUs this process may use, queue N
+  commits PATH CPUS N [CGROUP]
+                         (in the cgroup directory CGROUP, if given, which it joins
+                         first) on the first CPUS of the CPUs this process may use, queue N
                          asend_sync calls, each to its own counter, before the worker
                          may start on them (after one call to start the engine), and
                          await them; print a JSON line: the messages each commit
@@ -319,13 +321,16 @@ def handler(path: str, seconds: float) -> None:
     print(json.dumps({"answered": answered, "refused": refused, "final": final}), flush=True)
 
 
-def commits(path: str, cpus: int, n: int) -> None:
+def commits(path: str, cpus: int, n: int, cgroup: str | None) -> None:
     import asyncio
     import json
+    from pathlib import Path
 
     from pachyderm_typed._world import Batch
     from tests.entities import App, Counter, Increment
 
+    if cgroup is not None:
+        Path(cgroup, "cgroup.procs").write_text(str(os.getpid()))
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cpus])  # before the world's threads start
 
     sizes: list[int] = []
@@ -374,6 +379,6 @@ if __name__ == "__main__":
     elif mode == "interrupted":
         interrupted(path, float(rest[0]), rest[1])
     elif mode == "commits":
-        commits(path, int(rest[0]), int(rest[1]))
+        commits(path, int(rest[0]), int(rest[1]), rest[2] if len(rest) > 2 else None)
     else:
         raise SystemExit(f"unknown mode {mode}")
