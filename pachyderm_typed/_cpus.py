@@ -35,7 +35,10 @@ def cpu_quota() -> float | None:
     quotas = []
     for version, root, top in cpu_hierarchies():
         for membership in memberships:
-            _, controllers, path = membership.split(":", 2)
+            parts = membership.split(":", 2)
+            if len(parts) != 3:
+                continue
+            _, controllers, path = parts
             if (version == 2) != (controllers == "") or (version == 1 and "cpu" not in controllers.split(",")):
                 continue
             # Inside a container the hierarchy is often mounted at its own cgroup: "/" here.
