@@ -954,3 +954,27 @@ def test_close_under_load_answers_or_refuses_every_caller_and_keeps_every_answer
         assert unexpected == []
         with LocalDisk(App, path) as reopened:
             assert sum(reopened.state(Counter.address(f"c{n}")) for n in range(3)) == answered[0]
+
+
+@pytest.mark.parametrize(
+    ("version", "files", "quota"),
+    [
+        (2, {"cpu.max": "150000 100000\n"}, 1.5),
+        (2, {"cpu.max": "max 100000\n"}, None),
+        (1, {"cpu.cfs_quota_us": "50000\n", "cpu.cfs_period_us": "100000\n"}, 0.5),
+        (1, {"cpu.cfs_quota_us": "-1\n", "cpu.cfs_period_us": "100000\n"}, None),
+        (2, {}, None),
+        (2, {"cpu.max": "garbage"}, None),
+    ],
+)
+def test_a_cgroup_quota_is_read_as_the_kernel_writes_it(
+    tmp_path: Path, version: int, files: dict[str, str], quota: float | None
+) -> None:
+    """Whether to split a long queue in two commits depends on it (see test_localdisk_process).
+
+    Both layouts (v2 ``cpu.max``, v1 ``cpu.cfs_*``); no quota, or an unreadable one, is None."""
+    from pachyderm_typed._cpus import _quota_in
+
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    assert _quota_in(tmp_path, version) == quota
