@@ -39,7 +39,8 @@ def cpu_quota() -> float | None:
             if len(parts) != 3:
                 continue
             _, controllers, path = parts
-            if (version == 2) != (controllers == "") or (version == 1 and "cpu" not in controllers.split(",")):
+            # v2 lists one unified hierarchy with no controllers named; v1 one line per hierarchy
+            if not (controllers == "" if version == 2 else "cpu" in controllers.split(",")):
                 continue
             # Inside a container the hierarchy is often mounted at its own cgroup: "/" here.
             inside = path[len(root):] if path.startswith(root) else ""
