@@ -20,10 +20,12 @@ work after letting go of the lock (nobody waits for it: see ``_flush``). A
 durable store keeps a committer thread for that (``pipelined``) so an inline
 caller is never kept committing other callers' batches. That thread may
 wait, up to one commit, for the thread callers it just answered, when they come
-back fast enough to share the next commit (``Regroup``). The worker, finding a
-long queue while the disk is idle, commits it in two halves (``_splits``), so
-asyncio callers settle into two halves that take turns (given a second CPU for
-the overlap).
+back fast enough to share the next commit (``Regroup``). The worker processes
+whatever is queued into one batch: asyncio callers one commit answered come back
+together and share the next commit. (Committing a long queue in two halves, so
+that one half's Python overlaps the other's fsync, took a quarter more CPU per
+call for no more calls per second on a real disk, and made fewer on a fast one:
+see the README's LocalDisk performance notes.)
 
 * ``send_sync``/``send`` called from a plain thread process inline (no thread
   hop): the caller processes the queue up to its own message, together with
@@ -65,7 +67,6 @@ import attrs
 from typing_extensions import Self
 
 from pachyderm_typed._address import Address, Envelope
-from pachyderm_typed._cpus import usable_cpus
 from pachyderm_typed._ecosystem import AnyEntity, Declaration, Ecosystem, EntitySpec
 from pachyderm_typed._fork import forsake_in_forked_children, released
 from pachyderm_typed._kernel import Kernel, forbid_inside_activation, thread_marks
@@ -453,8 +454,6 @@ class World(Generic[E]):
     batch_size = 512
     #: commits are slow (a durable store): a committer thread commits while others process
     pipelined: ClassVar[bool] = False
-    #: a worker finding this many messages queued while the disk is idle commits half first
-    split_at = 64
     #: a child forked while the world is open cannot use it (see ``_forsake``)
     closed_in_forked_children: ClassVar[bool] = True
 
@@ -486,8 +485,6 @@ class World(Generic[E]):
         self._commit_wake = Doorbell()
         self._committer: threading.Thread | None = None
         self._regroup = Regroup()
-        # Splitting a long queue overlaps Python with a commit, which takes a second CPU.
-        self._splitting = self.pipelined and usable_cpus() > 1
         self._main_call: ThreadCall | None = None  # the worker processes up to it, as its caller would
         # The main thread runs engine code holding the engine's locks: a state read, or in
         # memory any call. A signal handler that interrupts it there cannot wait for them.
@@ -1117,46 +1114,15 @@ class World(Generic[E]):
                     main = self._main_call
                     if main is not None and main.consumed:
                         main = self._main_call = None
-                    split = main is None and self._splits()
-                    if main is not None:
-                        self._process_queue(main)  # as the main thread would have: not its cascade
-                    else:
-                        self._process_queue(None, min(len(self._queue) // 2, self.batch_size) if split else 0)
-                    if split:
-                        self._seal()  # not empty: half of at least split_at was processed
+                    # With the main thread's call: up to it, as that thread would have (not its cascade).
+                    self._process_queue(main)
                     full = len(self._open) >= self.batch_size
-                if split:
-                    self._kick_committer()  # the first half is committed, by it or by this thread
-                elif not full or not self.pipelined:
+                if not full or not self.pipelined:
                     self._flush(None)  # commit here if nobody else is, else leave it to who is
                 else:  # the committer is behind: commit here (back-pressure)
                     self._commit_here()
             if not self.pipelined and self._has_work() and not self._closed:
                 self._flush(None)  # left by a caller interrupted while committing (see _flush)
-
-    def _splits(self) -> bool:
-        """Under the run lock: whether the worker should start the idle disk on half the queue.
-
-        Processing a long queue into one batch leaves the disk idle until all of it
-        is processed, and then the Python work idle while the disk writes it all:
-        asyncio callers answered by one commit all come back together, so this
-        repeats every round. Split in two commits, the first half's callers are
-        answered, and resume on the event loop, while the second half is written;
-        from then on the halves take turns (each comes back while the other is
-        written). The committer is kicked for the first half, but it can start only
-        once this thread lets go of the GIL, so most often this thread writes both
-        halves itself (93 of 94 first halves, counted at 64 tasks). Measured on
-        LocalDisk on a 2-vCPU VM: 64 and 128 asyncio tasks made 1.2-1.25x as many
-        calls per second; at 32 the extra commit cost as much as the overlap saved,
-        hence ``split_at``.
-
-        Only with a second CPU (``_splitting``, decided when the world opens, see
-        ``_cpus``): on one, the halves cannot overlap, and the extra commit costs CPU (an
-        fsync took about 150 us of it here). 64 asyncio tasks on one CPU made 1.11 times
-        as many calls without splitting, on 2 CPUs 0.91 times, on 2 CPUs with a cgroup
-        quota of one 1.12 times (medians of 10 alternating rounds).
-        """
-        return self._splitting and len(self._queue) >= self.split_at and not self._commit_lock.locked()
 
     def _commit_loop(self) -> None:
         """The committer of a durable store: commits while others process."""

@@ -681,13 +681,11 @@ def test_a_signal_handler_inside_a_read_may_unfollow_and_close_and_is_refused_th
 
 
 @pytest.mark.parametrize("disk_busy", [False, True], ids=["disk idle", "commit in flight"])
-def test_a_long_queue_is_split_in_two_commits_only_when_the_disk_is_idle(tmp_path: Path, disk_busy: bool) -> None:
-    # With the disk idle the worker commits the queue in two halves, so that the first half's
-    # callers resume while the second is written; behind a commit in flight, one batch of
-    # everything waits no longer than two would.
-    world = SizedDisk(App, tmp_path / "split.db")
+def test_queued_asyncio_calls_share_one_commit(tmp_path: Path, disk_busy: bool) -> None:
+    # Whether the disk is idle or busy when they queue up, the worker commits them together.
+    world = SizedDisk(App, tmp_path / "queued.db")
     world.sizes = []
-    count = world.split_at
+    count = 150
 
     async def main() -> list[int]:
         await world.asend_sync(Counter.post("warm-up", Increment()))  # starts the worker
@@ -708,8 +706,8 @@ def test_a_long_queue_is_split_in_two_commits_only_when_the_disk_is_idle(tmp_pat
 
     with world:
         assert asyncio.run(main()) == [1] * count
-        assert world.sizes == ([count] if disk_busy else [count // 2, count // 2])
-    with LocalDisk(App, tmp_path / "split.db") as reopened:
+        assert world.sizes == [count]
+    with LocalDisk(App, tmp_path / "queued.db") as reopened:
         assert [reopened.state(Counter.address(f"a{n}")) for n in range(count)] == [1] * count
 
 
@@ -954,27 +952,3 @@ def test_close_under_load_answers_or_refuses_every_caller_and_keeps_every_answer
         assert unexpected == []
         with LocalDisk(App, path) as reopened:
             assert sum(reopened.state(Counter.address(f"c{n}")) for n in range(3)) == answered[0]
-
-
-@pytest.mark.parametrize(
-    ("version", "files", "quota"),
-    [
-        (2, {"cpu.max": "150000 100000\n"}, 1.5),
-        (2, {"cpu.max": "max 100000\n"}, None),
-        (1, {"cpu.cfs_quota_us": "50000\n", "cpu.cfs_period_us": "100000\n"}, 0.5),
-        (1, {"cpu.cfs_quota_us": "-1\n", "cpu.cfs_period_us": "100000\n"}, None),
-        (2, {}, None),
-        (2, {"cpu.max": "garbage"}, None),
-    ],
-)
-def test_a_cgroup_quota_is_read_as_the_kernel_writes_it(
-    tmp_path: Path, version: int, files: dict[str, str], quota: float | None
-) -> None:
-    """Whether to split a long queue in two commits depends on it (see test_localdisk_process).
-
-    Both layouts (v2 ``cpu.max``, v1 ``cpu.cfs_*``); no quota, or an unreadable one, is None."""
-    from pachyderm_typed._cpus import _quota_in
-
-    for name, text in files.items():
-        (tmp_path / name).write_text(text)
-    assert _quota_in(tmp_path, version) == quota

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -251,68 +250,6 @@ def test_a_signal_handler_that_calls_in_mid_read_gets_an_error_not_a_hang(tmp_pa
     assert report["final"] == 1 + len(answered)
     with LocalDisk(App, path) as world:
         assert world.state(Counter.address("c")) == 1 + len(answered)
-
-
-def commit_sizes(tmp_path: Path, cpus: int, cgroup: Path | None = None) -> list[int]:
-    """What each commit carried when 150 asyncio calls were queued at once (child mode ``commits``)."""
-    if cpus > len(os.sched_getaffinity(0)):
-        pytest.skip(f"this process may use {len(os.sched_getaffinity(0))} CPU(s), the test needs {cpus}")
-    calls = 150
-    extra = [] if cgroup is None else [str(cgroup)]
-    proc = start("commits", str(tmp_path / "c.db"), str(cpus), str(calls), *extra)
-    try:
-        out, err = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()  # and reaped, so that a cgroup it joined can be removed
-        _, err = proc.communicate()
-        pytest.fail(f"the child did not finish in 60 s; stderr:\n{err}")
-    assert proc.returncode == 0, err
-    result = json.loads(out)
-    assert result["states"] == [1] * calls
-    assert sum(result["sizes"]) == calls
-    return list(result["sizes"])
-
-
-@pytest.mark.parametrize("cpus", [1, 2])
-def test_a_long_queue_is_committed_in_two_halves_only_with_a_second_cpu(tmp_path: Path, cpus: int) -> None:
-    """Halves overlap Python with a commit on another CPU; on one CPU they would only add a commit."""
-    sizes = commit_sizes(tmp_path, cpus)
-    if cpus == 1:
-        assert sizes == [150], f"one CPU, yet the queue was split: commits of {sizes}"
-    else:
-        assert sizes[0] == 75, f"two CPUs, yet the queue was not split in halves: commits of {sizes}"
-
-
-@pytest.fixture
-def one_cpu_quota(tmp_path: Path) -> Iterator[Path]:
-    """A new cgroup whose CPU quota is one CPU's time (as ``docker run --cpus 1`` sets), removed after."""
-    from pachyderm_typed._cpus import cpu_hierarchies
-
-    for version, _, top in cpu_hierarchies():
-        if version == 2 and "cpu" not in (top / "cgroup.subtree_control").read_text().split():
-            continue  # this hierarchy has no CPU controller to give its children
-        group = top / f"pachyderm-test-{os.getpid()}"
-        try:
-            group.mkdir()
-        except OSError:
-            continue  # not root, or mounted read-only
-        try:
-            if version == 2:
-                (group / "cpu.max").write_text("100000 100000")
-            else:
-                (group / "cpu.cfs_period_us").write_text("100000")
-                (group / "cpu.cfs_quota_us").write_text("100000")
-            yield group
-        finally:
-            group.rmdir()  # its one process, the child, has exited
-        return
-    pytest.skip("no cgroup CPU controller this process can create a group in (needs root)")
-
-
-def test_a_cgroup_quota_of_one_cpu_counts_as_one_cpu(tmp_path: Path, one_cpu_quota: Path) -> None:
-    """Every CPU runs the process, but only one CPU's time is granted: halves would only add a commit."""
-    sizes = commit_sizes(tmp_path, 2, one_cpu_quota)
-    assert sizes == [150], f"a one-CPU quota, yet the queue was split: commits of {sizes}"
 
 
 def test_a_second_process_gets_a_clear_error_naming_the_path(tmp_path: Path) -> None:

@@ -26,13 +26,6 @@ Modes:
                          KeyboardInterrupt only inside the main thread's calls);
                          the main thread catches each one and goes on. Then
                          close and write each call's outcome to OUT (JSON)
-  commits PATH CPUS N [CGROUP]
-                         (in the cgroup directory CGROUP, if given, which it joins
-                         first) on the first CPUS of the CPUs this process may use, queue N
-                         asend_sync calls, each to its own counter, before the worker
-                         may start on them (after one call to start the engine), and
-                         await them; print a JSON line: the messages each commit
-                         carried, and the counters' final states
 """
 
 from __future__ import annotations
@@ -321,43 +314,6 @@ def handler(path: str, seconds: float) -> None:
     print(json.dumps({"answered": answered, "refused": refused, "final": final}), flush=True)
 
 
-def commits(path: str, cpus: int, n: int, cgroup: str | None) -> None:
-    import asyncio
-    import json
-    from pathlib import Path
-
-    from pachyderm_typed._world import Batch
-    from tests.entities import App, Counter, Increment
-
-    if cgroup is not None:
-        Path(cgroup, "cgroup.procs").write_text(str(os.getpid()))
-    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cpus])  # before the world's threads start
-
-    sizes: list[int] = []
-
-    class Counting(LocalDisk[Any]):
-        def _commit(self, batch: Batch) -> None:
-            super()._commit(batch)
-            sizes.append(len(batch))
-
-    world = Counting(App, path)
-
-    async def main() -> list[int]:
-        await world.asend_sync(Counter.post("warm-up", Increment()))
-        sizes.clear()
-        # Holding the run lock keeps the worker from starting on the queue until every
-        # call is in it: however busy the machine, it finds all n at once.
-        with world._run_lock:
-            calls = [asyncio.ensure_future(world.asend_sync(Counter.post(f"c{i}", Increment()))) for i in range(n)]
-            await asyncio.sleep(0)  # each call queues its message, then waits for its future
-            assert len(world._queue) == n
-        return await asyncio.gather(*calls)
-
-    states = asyncio.run(main())
-    world.close()
-    print(json.dumps({"sizes": sizes, "states": states}), flush=True)
-
-
 if __name__ == "__main__":
     mode, path, *rest = sys.argv[1:]
     if mode == "load":
@@ -378,7 +334,5 @@ if __name__ == "__main__":
         handler(path, float(rest[0]))
     elif mode == "interrupted":
         interrupted(path, float(rest[0]), rest[1])
-    elif mode == "commits":
-        commits(path, int(rest[0]), int(rest[1]), rest[2] if len(rest) > 2 else None)
     else:
         raise SystemExit(f"unknown mode {mode}")
