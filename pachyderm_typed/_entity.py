@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from typing_extensions import Self
 
-from pachyderm_typed._address import Address, Envelope, Outbox, make_address
+from pachyderm_typed._address import Address, Envelope, Outbox, make_address, make_envelope
 
 IdT = TypeVar("IdT")
 MsgT = TypeVar("MsgT")
@@ -62,5 +62,4 @@ class Entity(Generic[IdT, MsgT, StateT]):
     @classmethod
     def post(cls, entity_id: IdT, message: MsgT) -> Envelope[Self, StateT]:
         """An envelope carrying ``message`` to the entity ``entity_id`` of this type."""
-        address: Address[Self, MsgT, StateT] = make_address(cls, entity_id)
-        return address.post(message)
+        return make_envelope(make_address(cls, entity_id), message)
