@@ -5,7 +5,7 @@ For S seconds the main thread calls send_sync on counter "c" and on a Hooked in 
 also processes other threads' messages.
 
 Modes:
-  handler S   a thread sends this process SIGUSR1 every 1-3 ms, whose handler calls
+  handler S   another process sends this one SIGUSR1 every 1-3 ms, whose handler calls
               send_sync on "c"; print a JSON line: the main thread's and the thread's
               counts, the handler's answered and refused calls (by error), and both final
               states

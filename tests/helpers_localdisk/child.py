@@ -17,7 +17,7 @@ Modes:
   sigterm PATH           read a 300-record state from the file in a loop, with a SIGTERM
                          handler that closes the world and exits; print "ready"
   handler PATH S         for S seconds read a 300-record state from the file in a loop (1 ms
-                         apart) while a thread sends this process SIGUSR1 every 1-3 ms, whose
+                         apart) while another process sends this one SIGUSR1 every 1-3 ms, whose
                          handler calls send_sync; print a JSON line: the states the handler
                          got, how many calls were refused as reentrant, and the final state
   interrupted PATH S OUT for S seconds 4 threads and the main thread send_sync numbered
