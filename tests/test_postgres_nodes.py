@@ -66,7 +66,9 @@ def test_a_forked_child_cannot_use_the_node_its_parent_opened(namespace: str) ->
 
 def test_a_signal_handler_calling_for_the_entity_it_interrupted_gets_an_error_not_a_hang(namespace: str) -> None:
     """The main thread's call holds its entity's lock until the handler returns: the handler's
-    call for that entity would wait forever, so it is refused; calls for others are served."""
+    call for that entity would wait forever, so it is refused; calls for others are served,
+    unless the handler landed while the call ran its batch (entity code), where every call is
+    refused as SendInsideActivationError."""
     import json
     import subprocess
     import sys

@@ -191,42 +191,50 @@ class _CommitUnknown(Exception):
 
 
 class _Pool:
-    """Idle connections for callers' threads (one transaction per call)."""
+    """Idle connections for callers' threads (one transaction per call).
+
+    No lock: a signal handler's call runs in the main thread between any two bytecodes,
+    also of a ``take`` or ``give`` of the call it interrupted, and would wait forever for
+    a lock that call holds. ``list.pop`` and ``append`` are atomic, and a connection given
+    back while the pool closes is closed by whichever of the two looks last.
+    """
 
     def __init__(self, connect: Callable[[], Connection], keep: int = 8) -> None:
         self._connect = connect
         self._keep = keep
         self._idle: list[Connection] = []
-        self._lock = threading.Lock()
         self._closed = False
 
     def take(self) -> tuple[Connection, bool]:
         """A connection, and whether it is brand new (so cannot be a stale one)."""
-        with self._lock:
-            if self._closed:
-                raise ClosedError("the ecosystem is closed: open a new one to keep working")
-            if self._idle:
-                return self._idle.pop(), False
-        return self._connect(), True
+        if self._closed:
+            raise ClosedError("the ecosystem is closed: open a new one to keep working")
+        try:
+            return self._idle.pop(), False
+        except IndexError:
+            return self._connect(), True
 
     def give(self, conn: Connection) -> None:
-        if not conn.closed and not conn.broken and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-            with self._lock:
-                if not self._closed and len(self._idle) < self._keep:
-                    self._idle.append(conn)
-                    return
+        idle = psycopg.pq.TransactionStatus.IDLE
+        reusable = not conn.closed and not conn.broken and conn.info.transaction_status == idle
+        if reusable and not self._closed and len(self._idle) < self._keep:
+            self._idle.append(conn)
+            if self._closed:  # closed meanwhile: its flush may have run before the append
+                self.flush()
+            return
         conn.close()
 
     def flush(self) -> None:
-        """Drop idle connections: after one broke, the others are likely stale too."""
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for conn in idle:
+        """Close the idle connections: after one broke, the others are likely stale too."""
+        while True:
+            try:
+                conn = self._idle.pop()
+            except IndexError:
+                return
             conn.close()
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
+        self._closed = True
         self.flush()
 
 
@@ -371,7 +379,8 @@ class Postgres(World[E]):
         self._main_locks: set[int] = set()  # entity lock keys the main thread's calls in progress take
         self._follows: dict[tuple[str, bytes], list[_Follow]] = {}
         self._unreadable: dict[int, float] = {}  # lock key -> monotonic time to retry
-        self._stats_lock = threading.Lock()
+        # Reentrant: a signal handler's call may land in the main thread's update of the count.
+        self._stats_lock = threading.RLock()
         self._processed = 0
         self._pool = _Pool(self._connect)
 
@@ -420,7 +429,8 @@ class Postgres(World[E]):
 
     @property
     def processed(self) -> int:
-        """Messages this node has processed and committed (for monitoring)."""
+        """Messages this node has processed and committed (for monitoring). A signal handler's
+        call landing in the main thread's very update of this count may go uncounted."""
         return self._processed
 
     def send(self, envelope: Envelope[E, object]) -> None:
