@@ -21,8 +21,8 @@ Modes:
                          handler calls send_sync; print a JSON line: the states the handler
                          got, how many calls were refused as reentrant, and the final state
   interrupted PATH S OUT for S seconds 4 threads and the main thread send_sync numbered
-                         entries (the main thread reads a state after each) while a
-                         thread sends this process SIGINT every 0-3 ms (raised as
+                         entries (the main thread reads a state after each) while another
+                         process sends this one SIGINT every 1-3 ms (raised as
                          KeyboardInterrupt only inside the main thread's calls);
                          the main thread catches each one and goes on. Then
                          close and write each call's outcome to OUT (JSON)
@@ -201,9 +201,9 @@ def fork_reopen(path: str) -> None:
 
 def interrupted(path: str, seconds: float, out: str) -> None:
     import json
-    import random
 
     from pachyderm_typed.errors import StorageError
+    from tests.signals import signal_self_until
 
     world = LocalDisk(Work, path)
     outcomes: dict[str, dict[int, str]] = {f"log{slot}": {} for slot in range(5)}
@@ -222,12 +222,6 @@ def interrupted(path: str, seconds: float, out: str) -> None:
             send(slot, n)
             n += 1
 
-    def interrupter() -> None:
-        rng = random.Random()
-        while time.monotonic() < stop:
-            time.sleep(rng.uniform(0, 0.003))
-            os.kill(os.getpid(), signal.SIGINT)
-
     # KeyboardInterrupt anywhere inside the calls, but not in this loop's own bookkeeping
     # (a signal landing there would end the child, not test the engine): the handler
     # raises only while armed, and disarms itself as it does.
@@ -240,11 +234,11 @@ def interrupted(path: str, seconds: float, out: str) -> None:
 
     signal.signal(signal.SIGINT, on_sigint)
     threads = [threading.Thread(target=sender, args=(slot,)) for slot in range(1, 5)]
-    poker = threading.Thread(target=interrupter)
-    for thread in (*threads, poker):
+    for thread in threads:
         thread.start()
+    poker = signal_self_until(stop, signal.SIGINT)
     interrupts = n = 0
-    while poker.is_alive():
+    while time.monotonic() < stop:
         outcomes["log0"][n] = "interrupted"  # until the call returns: maybe applied, at most once
         try:
             armed[0] = True
