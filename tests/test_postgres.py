@@ -276,3 +276,55 @@ def test_followers_leave_no_rows_behind(namespace: str) -> None:
         kept = watcher.follow(Counter.address("kept"))
     assert list(kept) == [] and list(second) == []  # closing the node ends its subscriptions
     assert count("follows") == 0 and count("history") == 0
+
+
+def test_the_connection_pool_lends_each_connection_to_one_caller_and_closes_them_when_closed() -> None:
+    """The pool has no lock (a signal handler's call may land inside it, see ``_Pool``)."""
+    from pachyderm_typed import ClosedError
+    from pachyderm_typed.ecosystems._postgres import _Pool
+
+    pool = _Pool(lambda: psycopg.connect(DSN), keep=2)
+    first, fresh = pool.take()
+    assert fresh
+    pool.give(first)
+    again, fresh = pool.take()
+    assert again is first and not fresh
+    second, third = pool.take()[0], pool.take()[0]
+    second.execute("SELECT 1")  # left inside a transaction: not reusable as it is
+    for conn in (second, again, third):
+        pool.give(conn)
+    assert second.closed and not again.closed and not third.closed  # `keep` 2 kept, idle only
+
+    lent: set[int] = set()
+    errors: list[str] = []
+    guard = threading.Lock()
+
+    def borrow() -> None:
+        for _ in range(100):
+            conn, _ = pool.take()
+            with guard:
+                if id(conn) in lent:
+                    errors.append("a connection was lent to two callers at once")
+                lent.add(id(conn))
+            conn.execute("SELECT 1").fetchone()  # in use for a round trip
+            conn.rollback()
+            with guard:
+                lent.discard(id(conn))
+            pool.give(conn)
+
+    threads = [threading.Thread(target=borrow) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+
+    kept = list(pool._idle)
+    assert kept and len(kept) <= 2
+    pool.close()
+    assert all(conn.closed for conn in kept)
+    late = psycopg.connect(DSN)
+    pool.give(late)  # given back after the pool closed: closed, not kept
+    assert late.closed
+    with pytest.raises(ClosedError):
+        pool.take()
