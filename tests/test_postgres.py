@@ -23,6 +23,7 @@ from pachyderm_typed.ecosystems._postgres import inspect_postgres
 from tests.entities import App, Burst, Counter, Fanout, Forward, Forwarder, Gate, Increment, Picky, Record, Recorder, Unlock, Work
 from tests.helpers_pgfaults.app import Pay, Wallet1, Wallet2, WalletV1, WalletV2
 from tests.helpers_postgres.support import DSN, ROOT, namespace, new_namespace, requires_postgres
+from tests.threads import run_on_threads
 
 __all__ = ["namespace"]  # the fixture
 
@@ -67,11 +68,7 @@ def test_nodes_starting_at_once_create_the_schema_once(namespace: str) -> None:
         except BaseException as exc:  # noqa: BLE001 - reported below
             failures.append(exc)
 
-    threads = [threading.Thread(target=open_node) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_on_threads(open_node, 6)
     try:
         assert failures == []
         assert len(opened) == 6
@@ -312,11 +309,7 @@ def test_the_connection_pool_lends_each_connection_to_one_caller_and_closes_them
                 lent.discard(id(conn))
             pool.give(conn)
 
-    threads = [threading.Thread(target=borrow) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_on_threads(borrow, 8)
     assert errors == []
 
     kept = list(pool._idle)
