@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import _thread
 import asyncio
-import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Generic, TypeVar
@@ -12,7 +13,8 @@ from pachyderm_typed._address import Address
 
 S_co = TypeVar("S_co", covariant=True)
 
-_CLOSED = object()
+_CLOSED = object()  # queued last: iteration ends there
+_EMPTY = object()
 
 
 class Subscription(Generic[S_co]):
@@ -24,7 +26,13 @@ class Subscription(Generic[S_co]):
     ecosystem is closed. States are queued, so a slow reader misses nothing.
     """
 
-    __slots__ = ("address", "_state", "_items", "_cond", "_closed", "_waiter", "_on_close")
+    # No lock guards the queue: a signal handler runs in the main thread between any two
+    # bytecodes, also of a read of this subscription, and its call may commit a state that
+    # is pushed here; a push waiting for a lock that read holds would wait forever. So a
+    # push never waits: it appends (atomic) and then wakes a reader; a reader that found the
+    # queue empty has already said where to be woken (``_bell``, ``_waiter``) when it looks
+    # again, so one of the two sees the other.
+    __slots__ = ("address", "_state", "_items", "_bell", "_closed", "_waiter", "_on_close")
 
     def __init__(
         self,
@@ -35,7 +43,8 @@ class Subscription(Generic[S_co]):
         self.address = address
         self._state = state
         self._items: deque[object] = deque()
-        self._cond = threading.Condition(threading.Lock())
+        self._bell = _thread.allocate_lock()  # released: a reader blocked on it wakes
+        self._bell.acquire()
         self._closed = False
         self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
         self._on_close = on_close
@@ -50,26 +59,43 @@ class Subscription(Generic[S_co]):
 
     def _push(self, state: object) -> None:
         """Called by the ecosystem after each commit of this entity."""
-        with self._cond:
-            self._items.append(state)
-            self._cond.notify()
-            waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            loop, future = waiter
-            loop.call_soon_threadsafe(_wake, future)
+        self._items.append(state)
+        self._ring()
 
     def _end(self) -> None:
         """The ecosystem is closing: end iteration after what is queued."""
-        with self._cond:
-            if self._closed:
-                return
-            self._closed = True
-            self._items.append(_CLOSED)
-            self._cond.notify_all()
-            waiter, self._waiter = self._waiter, None
-        if waiter is not None:
+        if self._closed:
+            return
+        self._closed = True
+        self._items.append(_CLOSED)
+        self._ring()
+
+    def _ring(self) -> None:
+        """Wake a thread blocked in a read, and an async reader, if any (never waits)."""
+        bell = self._bell
+        if bell.locked():
+            try:
+                bell.release()
+            except RuntimeError:  # rung by another thread just now
+                pass
+        waiter = self._waiter  # replaced only by the reader: a push must not lose a newer one
+        if waiter is not None and not waiter[1].done():
             loop, future = waiter
             loop.call_soon_threadsafe(_wake, future)
+
+    def _take(self) -> object:
+        """The next queued item, or _EMPTY. The end stays queued for every later read."""
+        items = self._items
+        try:
+            item = items.popleft()
+        except IndexError:
+            return _EMPTY
+        if item is _CLOSED:
+            items.appendleft(_CLOSED)
+            self._ring()  # another reader may have found the queue empty meanwhile
+        elif items:
+            self._ring()  # two pushes can ring once: another reader may wait for the second
+        return item
 
     def close(self) -> None:
         """Stop following; iteration ends once queued states are read."""
@@ -87,40 +113,43 @@ class Subscription(Generic[S_co]):
         return self
 
     def __next__(self) -> S_co:
-        with self._cond:
-            while not self._items:
-                self._cond.wait()
-            item = self._items[0]
-            if item is _CLOSED:
-                raise StopIteration
-            self._items.popleft()
-        self._state = item  # type: ignore[assignment]
-        return item  # type: ignore[return-value]
+        return self.next()
 
     def next(self, timeout: float | None = None) -> S_co:
         """The next state, waiting at most ``timeout`` seconds (``TimeoutError`` after)."""
-        with self._cond:
-            if not self._cond.wait_for(lambda: bool(self._items), timeout):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            item = self._take()
+            if item is _CLOSED:
+                raise StopIteration
+            if item is not _EMPTY:
+                self._state = item  # type: ignore[assignment]
+                return item  # type: ignore[return-value]
+            if deadline is None:
+                self._bell.acquire()
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._bell.acquire(timeout=left):
+                if self._items:  # pushed as the time ran out
+                    continue
                 raise TimeoutError(f"no new state of {self.address!r} within {timeout} s")
-        return next(self)
 
     def __aiter__(self) -> AsyncIterator[S_co]:
         return self
 
     async def __anext__(self) -> S_co:
         while True:
-            with self._cond:
-                if self._items:
-                    item = self._items[0]
-                    if item is _CLOSED:
-                        raise StopAsyncIteration
-                    self._items.popleft()
-                    self._state = item  # type: ignore[assignment]
-                    return item  # type: ignore[return-value]
-                loop = asyncio.get_running_loop()
-                future: asyncio.Future[None] = loop.create_future()
-                self._waiter = (loop, future)
-            await future
+            item = self._take()
+            if item is _CLOSED:
+                raise StopAsyncIteration
+            if item is not _EMPTY:
+                self._state = item  # type: ignore[assignment]
+                return item  # type: ignore[return-value]
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[None] = loop.create_future()
+            self._waiter = (loop, future)
+            if not self._items:  # else pushed before the waiter was set: no need to wait
+                await future
 
     def __repr__(self) -> str:
         return f"<Subscription {self.address!r} state={self._state!r}{' closed' if self._closed else ''}>"
