@@ -375,7 +375,10 @@ class Postgres(World[E]):
         self._kinds = [spec.kind for spec in self._declaration.specs]
         self._close_lock = threading.Lock()
         self._stopping = threading.Event()
-        self._follow_lock = threading.Lock()
+        # Reentrant: a signal handler's call may commit while the main thread pushes its own
+        # commit to local followers; nested, it pushes only the next version of each, and
+        # the listener fills in what it skipped, in order.
+        self._follow_lock = threading.RLock()
         self._main_locks: set[int] = set()  # entity lock keys the main thread's calls in progress take
         self._follows: dict[tuple[str, bytes], list[_Follow]] = {}
         self._unreadable: dict[int, float] = {}  # lock key -> monotonic time to retry

@@ -1,0 +1,88 @@
+"""``python -m tests.handler_on_every_line_child ECOSYSTEM WHERE``: a signal handler calling in
+on every line of this package the main thread runs, one line at a time.
+
+ECOSYSTEM is ``inmemory`` (WHERE unused), ``localdisk`` (WHERE: the file) or ``postgres``
+(WHERE: the namespace, in the test database). The main thread follows counters "c" and
+"d" and, ten times, increments "c" and reads the next state of "c" from its subscription.
+A trace function raises SIGUSR1 the first time the main thread reaches each line of the
+package (not while the handler runs), so the handler lands there, inside whatever the
+engine holds at that point. The handler increments "d" and then "c" with send_sync: their
+commits are pushed to both subscriptions, the one being read among them. Prints a JSON
+line: the states of "c" the handler's calls returned, how many of its calls were refused
+(ReentrantCallError, SendInsideActivationError), every state of "c" the subscription handed
+out, and on how many lines a signal landed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from types import FrameType
+from typing import Any
+
+import pachyderm_typed
+from pachyderm_typed import ReentrantCallError, SendInsideActivationError, World
+from pachyderm_typed.ecosystems import InMemory, LocalDisk, Postgres
+from tests.entities import App, Counter, Increment
+
+PACKAGE = os.path.dirname(pachyderm_typed.__file__) + os.sep
+DSN = "postgresql://postgres@127.0.0.1:5432/test"
+ROUNDS = 10
+
+
+def open_world(ecosystem: str, where: str) -> World[Any]:
+    if ecosystem == "postgres":
+        return Postgres(App, DSN, namespace=where, workers=0)
+    return LocalDisk(App, where) if ecosystem == "localdisk" else InMemory(App)
+
+
+def main(ecosystem: str, where: str) -> None:
+    world = open_world(ecosystem, where)
+    answered: list[int] = []
+    refused = [0]
+    in_handler = [False]
+
+    def on_usr1(signum: int, frame: object) -> None:
+        in_handler[0] = True
+        try:
+            world.send_sync(Counter.post("d", Increment()))
+            answered.append(world.send_sync(Counter.post("c", Increment())))
+        except (ReentrantCallError, SendInsideActivationError):
+            refused[0] += 1
+        finally:
+            in_handler[0] = False
+
+    landed: set[tuple[str, int]] = set()
+
+    def tracer(frame: FrameType, event: str, arg: object) -> Any:
+        if not frame.f_code.co_filename.startswith(PACKAGE):
+            return None
+        line = (frame.f_code.co_filename, frame.f_lineno)
+        if event == "line" and not in_handler[0] and line not in landed:
+            landed.add(line)
+            signal.raise_signal(signal.SIGUSR1)
+        return tracer
+
+    signal.signal(signal.SIGUSR1, on_usr1)
+    seen: list[int] = []
+    other = world.follow(Counter.address("d"))
+    with world.follow(Counter.address("c")) as subscription:
+        sys.settrace(tracer)
+        try:
+            for _ in range(ROUNDS):
+                world.send_sync(Counter.post("c", Increment()))
+                seen.append(subscription.next(timeout=10))
+        finally:
+            sys.settrace(None)
+        while len(seen) < ROUNDS + len(answered):
+            seen.append(subscription.next(timeout=10))
+    other.close()
+    world.close()
+    report = {"answered": answered, "refused": refused[0], "seen": seen, "lines": len(landed)}
+    print(json.dumps(report), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

@@ -1,0 +1,58 @@
+"""A signal handler calling in on every line of the package the main thread runs (a real
+process, real signals; see handler_on_every_line_child)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pachyderm_typed.ecosystems import LocalDisk, Postgres
+from tests.entities import App, Counter
+from tests.helpers_postgres.support import DSN, UNAVAILABLE, new_namespace
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(params=["inmemory", "localdisk", "postgres"])
+def ecosystem(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """(ecosystem, where): a file in tmp_path, or a namespace dropped afterwards."""
+    name: str = request.param
+    if name != "postgres":
+        yield name, str(tmp_path / "every-line.db")
+        return
+    if UNAVAILABLE is not None:
+        pytest.skip(UNAVAILABLE)
+    namespace = new_namespace()
+    try:
+        yield name, namespace
+    finally:
+        Postgres.drop_namespace(DSN, namespace)
+
+
+def test_a_handler_calling_in_on_any_line_is_answered_or_refused_and_loses_nothing(
+    ecosystem: tuple[str, str],
+) -> None:
+    """Wherever it lands, the handler's call is answered or refused with a clear error, never
+    left waiting for what the interrupted code holds (before: a subscription's lock, then
+    Postgres's local-follower lock); every committed state reaches the subscription, in order."""
+    name, where = ecosystem
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.handler_on_every_line_child", name, where],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,  # a call left waiting hangs the child
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    answered, seen = report["answered"], report["seen"]
+    assert report["lines"] > 50 and answered, "the signals did not land in the engine"
+    assert seen == list(range(1, 11 + len(answered))), "a committed state was not handed out, in order"
+    if name == "localdisk":
+        with LocalDisk(App, where) as world:
+            assert world.state(Counter.address("c")) == len(seen)
+    elif name == "postgres":
+        with Postgres(App, DSN, namespace=where, workers=0) as world:
+            assert world.state(Counter.address("c")) == len(seen)
