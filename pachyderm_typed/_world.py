@@ -686,8 +686,8 @@ class World(Generic[E]):
     def _inside(self, operation: Callable[[], T]) -> T:
         """The main thread runs ``operation`` inline, marked as inside the engine."""
         outer = self._main_inside
-        self._main_inside = True
-        try:
+        try:  # set inside: an interruption right after setting it must still clear it
+            self._main_inside = True
             return operation()
         finally:
             self._main_inside = outer
@@ -753,9 +753,9 @@ class World(Generic[E]):
             self._raise_for_send(call)
             return
         inside = call.inline_main
-        if inside:
-            self._main_inside = True  # see _main_caller
         try:
+            if inside:
+                self._main_inside = True  # see _main_caller; set inside the try, as in _inside
             with self._run_lock:
                 if not call.consumed:
                     if self._closed:
