@@ -83,8 +83,8 @@ class Subscription(Generic[S_co]):
             loop, future = waiter
             loop.call_soon_threadsafe(_wake, future)
 
-    def _take(self) -> object:
-        """The next queued item, or _EMPTY. The end stays queued for every later read."""
+    def _take(self) -> Any:
+        """The next state, now ``state``; or _CLOSED (it stays queued for every later read), or _EMPTY."""
         items = self._items
         try:
             item = items.popleft()
@@ -93,8 +93,10 @@ class Subscription(Generic[S_co]):
         if item is _CLOSED:
             items.appendleft(_CLOSED)
             self._ring()  # another reader may have found the queue empty meanwhile
-        elif items:
+            return item
+        if items:
             self._ring()  # two pushes can ring once: another reader may wait for the second
+        self._state = item  # type: ignore[assignment]
         return item
 
     def close(self) -> None:
@@ -123,8 +125,7 @@ class Subscription(Generic[S_co]):
             if item is _CLOSED:
                 raise StopIteration
             if item is not _EMPTY:
-                self._state = item  # type: ignore[assignment]
-                return item  # type: ignore[return-value]
+                return item  # type: ignore[no-any-return]
             if deadline is None:
                 self._bell.acquire()
                 continue
@@ -143,8 +144,7 @@ class Subscription(Generic[S_co]):
             if item is _CLOSED:
                 raise StopAsyncIteration
             if item is not _EMPTY:
-                self._state = item  # type: ignore[assignment]
-                return item  # type: ignore[return-value]
+                return item  # type: ignore[no-any-return]
             loop = asyncio.get_running_loop()
             future: asyncio.Future[None] = loop.create_future()
             self._waiter = (loop, future)
