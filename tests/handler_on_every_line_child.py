@@ -26,9 +26,9 @@ import pachyderm_typed
 from pachyderm_typed import ReentrantCallError, SendInsideActivationError, World
 from pachyderm_typed.ecosystems import InMemory, LocalDisk, Postgres
 from tests.entities import App, Counter, Increment
+from tests.helpers_postgres.support import DSN
 
 PACKAGE = os.path.dirname(pachyderm_typed.__file__) + os.sep
-DSN = "postgresql://postgres@127.0.0.1:5432/test"
 ROUNDS = 10
 
 

@@ -215,8 +215,8 @@ class _Pool:
             return self._connect(), True
 
     def give(self, conn: Connection) -> None:
-        idle = psycopg.pq.TransactionStatus.IDLE
-        reusable = not conn.closed and not conn.broken and conn.info.transaction_status == idle
+        no_transaction = psycopg.pq.TransactionStatus.IDLE
+        reusable = not conn.closed and not conn.broken and conn.info.transaction_status == no_transaction
         if reusable and not self._closed and len(self._idle) < self._keep:
             self._idle.append(conn)
             if self._closed:  # closed meanwhile: its flush may have run before the append

@@ -36,7 +36,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from pachyderm_typed.ecosystems import LocalDisk
 from tests.helpers_localdisk.workload import Entry, Fan, Log, Relay, Spread, Work
