@@ -56,3 +56,26 @@ def test_a_handler_calling_in_on_any_line_is_answered_or_refused_and_loses_nothi
     elif name == "postgres":
         with Postgres(App, DSN, namespace=where, workers=0) as world:
             assert world.state(Counter.address("c")) == len(seen)
+
+
+def test_a_handler_discarding_the_dead_letter_being_retried_is_refused_not_left_waiting(
+    ecosystem: tuple[str, str],
+) -> None:
+    """A handler landing anywhere in a retry discards that same dead letter: it succeeds before
+    the retry takes it, is told it is gone after, and is refused in between; never left waiting
+    for the letter's row, which the interrupted retry holds until the handler returns (before:
+    a hang on Postgres). Each letter is applied by its retry or discarded, never both."""
+    name, where = ecosystem
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.dead_letter_handler_child", name, where],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert sum(outcome["lines"] for outcome in report["rounds"]) > 50, "the signals did not land in the engine"
+    for outcome, total in zip(report["rounds"], report["totals"], strict=True):
+        assert outcome["retried"] + outcome["discarded"] == 1, outcome
+        assert total == (1 if outcome["retried"] else 0), (outcome, total)
+    assert report["left"] == []
+    if name != "localdisk":  # LocalDisk moves the letter on a thread of its own: nothing to refuse
+        assert any(outcome["reentrant"] for outcome in report["rounds"]), report

@@ -379,7 +379,9 @@ class Postgres(World[E]):
         # commit to local followers; nested, it pushes only the next version of each, and
         # the listener fills in what it skipped, in order.
         self._follow_lock = threading.RLock()
-        self._main_locks: set[int] = set()  # entity lock keys the main thread's calls in progress take
+        # What the main thread's calls in progress lock: entity lock keys, and ("dead", id) for
+        # the dead letters they take (see _main_thread_takes).
+        self._main_locks: set[int | tuple[str, int]] = set()
         self._follows: dict[tuple[str, bytes], list[_Follow]] = {}
         self._unreadable: dict[int, float] = {}  # lock key -> monotonic time to retry
         # Reentrant: a signal handler's call may land in the main thread's update of the count.
@@ -529,13 +531,16 @@ class Postgres(World[E]):
         Taking it off the list and processing it again commit together.
         """
         forbid_inside_activation("retry")
-        self._deliver(dead_letter.envelope, raises=False, dead_letter=dead_letter.id)
+        with self._main_thread_takes(("dead", dead_letter.id), f"dead letter {dead_letter.id}"):
+            self._deliver(dead_letter.envelope, raises=False, dead_letter=dead_letter.id)
 
     def discard(self, dead_letter: DeadLetter) -> None:
         """Drop a dead letter for good."""
         forbid_inside_activation("discard")
         self._check_open()
-        if self._run(lambda conn: conn.execute(self._q.dead_take, (dead_letter.id,)).fetchone(), "discard") is None:
+        with self._main_thread_takes(("dead", dead_letter.id), f"dead letter {dead_letter.id}"):
+            taken = self._run(lambda conn: conn.execute(self._q.dead_take, (dead_letter.id,)).fetchone(), "discard")
+        if taken is None:
             raise LookupError(f"dead letter {dead_letter.id} is not (or no longer) in {self!r}")
 
     def close(self) -> None:
@@ -589,30 +594,33 @@ class Postgres(World[E]):
         return conn
 
     @contextlib.contextmanager
-    def _main_thread_takes(self, key: int, address: Address[Any, Any, Any]) -> Iterator[None]:
-        """Around a call that takes the lock of ``address`` (``key``) in its transactions.
+    def _main_thread_takes(self, lock: int | tuple[str, int], what: object) -> Iterator[None]:
+        """Around a call whose transactions take ``lock``: an entity's lock key, or a dead
+        letter's row (``("dead", id)``), which retry and discard delete. ``what`` names it in
+        the error (formatted only then).
 
         A signal handler runs in the main thread, in the middle of whatever it interrupted.
-        Had that been a call holding this entity's lock, a call for the same entity from the
-        handler would wait for it forever: that is refused with ReentrantCallError. The key is
-        marked from before the lock is taken until after it is released, so a handler landing
+        Had that been a call holding this lock, a call from the handler that takes it too
+        would wait for it forever: that is refused with ReentrantCallError. The lock is
+        marked from before it is taken until after it is released, so a handler landing
         on either edge is refused too, never left waiting.
         """
         if not _interruptible():
             yield
             return
-        if key in self._main_locks:
+        if lock in self._main_locks:
             raise ReentrantCallError(
-                f"{self!r}: a call for {address!r} came from a signal handler that interrupted a call "
-                "of this same thread for that entity, which holds its lock until the handler returns: "
-                "it could never finish. Have the handler set a flag (or hand the work to another thread) "
-                "and make the call after it returns; calls for other entities are served there"
+                f"{self!r}: a call for {what} came from a signal handler that interrupted another call "
+                f"for it in this same thread, which holds its lock until the handler returns: it could "
+                "never finish. Have the handler set a flag (or hand the work to another thread) "
+                "and make the call after it returns; calls for other entities and dead letters are "
+                "served there"
             )
-        self._main_locks.add(key)
+        self._main_locks.add(lock)
         try:
             yield
         finally:
-            self._main_locks.discard(key)
+            self._main_locks.discard(lock)
 
     def _run(self, work: Callable[[Connection], T], what: str) -> T:
         """Run ``work`` in one transaction on a pooled connection, then commit.
