@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
-from types import FrameType
 from typing import Any
 
 import pachyderm_typed
 from pachyderm_typed import DeadLetter, ReentrantCallError, SendInsideActivationError
 from tests.entities import Picky, Unlock, Work
 from tests.handler_on_every_line_child import open_world
+from tests.signals import EveryLine
 
 PACKAGE = os.path.dirname(pachyderm_typed.__file__) + os.sep
 ROUNDS = 3
@@ -31,11 +30,9 @@ def main(ecosystem: str, where: str) -> None:
     world = open_world(ecosystem, where)
     rounds: list[dict[str, Any]] = []
     letter: list[DeadLetter] = []
-    in_handler = [False]
 
-    def on_usr1(signum: int, frame: object) -> None:
+    def handler() -> None:
         outcome = rounds[-1]
-        in_handler[0] = True
         try:
             world.discard(letter[-1])
             outcome["discarded"] += 1
@@ -45,21 +42,8 @@ def main(ecosystem: str, where: str) -> None:
             outcome["inside"] += 1
         except LookupError:
             outcome["gone"] += 1
-        finally:
-            in_handler[0] = False
 
-    landed: set[tuple[str, int]] = set()
-
-    def tracer(frame: FrameType, event: str, arg: object) -> Any:
-        if not frame.f_code.co_filename.startswith(PACKAGE):
-            return None
-        line = (frame.f_code.co_filename, frame.f_lineno)
-        if event == "line" and not in_handler[0] and line not in landed:
-            landed.add(line)
-            signal.raise_signal(signal.SIGUSR1)
-        return tracer
-
-    signal.signal(signal.SIGUSR1, on_usr1)
+    every_line = EveryLine(PACKAGE, handler)
     for number in range(ROUNDS):
         entity = f"q{number}"
         world.send(Picky.post(entity, Work(1)))  # the gate is closed: a dead letter
@@ -68,16 +52,14 @@ def main(ecosystem: str, where: str) -> None:
         world.send_sync(Picky.post(entity, Unlock()))
         outcome = {"retried": False, "discarded": 0, "reentrant": 0, "inside": 0, "gone": 0, "lines": 0}
         rounds.append(outcome)
-        before = len(landed)
-        sys.settrace(tracer)
-        try:
-            world.retry(found)
-            outcome["retried"] = True
-        except LookupError:  # the handler discarded it first
-            pass
-        finally:
-            sys.settrace(None)
-        outcome["lines"] = len(landed) - before
+        before = len(every_line.landed)
+        with every_line.tracing():
+            try:
+                world.retry(found)
+                outcome["retried"] = True
+            except LookupError:  # the handler discarded it first
+                pass
+        outcome["lines"] = len(every_line.landed) - before
     totals = [world.state(Picky.address(f"q{number}")).total for number in range(ROUNDS)]
     left = [d.id for d in world.dead_letters()]
     world.close()

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
-from types import FrameType
 from typing import Any
 
 import pachyderm_typed
@@ -27,6 +25,7 @@ from pachyderm_typed import ReentrantCallError, SendInsideActivationError, World
 from pachyderm_typed.ecosystems import InMemory, LocalDisk, Postgres
 from tests.entities import App, Counter, Increment
 from tests.helpers_postgres.support import DSN
+from tests.signals import EveryLine
 
 PACKAGE = os.path.dirname(pachyderm_typed.__file__) + os.sep
 ROUNDS = 10
@@ -42,45 +41,27 @@ def main(ecosystem: str, where: str) -> None:
     world = open_world(ecosystem, where)
     answered: list[int] = []
     refused = [0]
-    in_handler = [False]
 
-    def on_usr1(signum: int, frame: object) -> None:
-        in_handler[0] = True
+    def handler() -> None:
         try:
             world.send_sync(Counter.post("d", Increment()))
             answered.append(world.send_sync(Counter.post("c", Increment())))
         except (ReentrantCallError, SendInsideActivationError):
             refused[0] += 1
-        finally:
-            in_handler[0] = False
 
-    landed: set[tuple[str, int]] = set()
-
-    def tracer(frame: FrameType, event: str, arg: object) -> Any:
-        if not frame.f_code.co_filename.startswith(PACKAGE):
-            return None
-        line = (frame.f_code.co_filename, frame.f_lineno)
-        if event == "line" and not in_handler[0] and line not in landed:
-            landed.add(line)
-            signal.raise_signal(signal.SIGUSR1)
-        return tracer
-
-    signal.signal(signal.SIGUSR1, on_usr1)
+    every_line = EveryLine(PACKAGE, handler)
     seen: list[int] = []
     other = world.follow(Counter.address("d"))
     with world.follow(Counter.address("c")) as subscription:
-        sys.settrace(tracer)
-        try:
+        with every_line.tracing():
             for _ in range(ROUNDS):
                 world.send_sync(Counter.post("c", Increment()))
                 seen.append(subscription.next(timeout=10))
-        finally:
-            sys.settrace(None)
         while len(seen) < ROUNDS + len(answered):
             seen.append(subscription.next(timeout=10))
     other.close()
     world.close()
-    report = {"answered": answered, "refused": refused[0], "seen": seen, "lines": len(landed)}
+    report = {"answered": answered, "refused": refused[0], "seen": seen, "lines": len(every_line.landed)}
     print(json.dumps(report), flush=True)
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from types import FrameType
+from typing import Any
 
 _SIGNALLER = """
 import os, random, sys, time
@@ -40,3 +44,45 @@ class Signaller:
 def signal_self_until(stop: float, signum: int = signal.SIGUSR1) -> Signaller:
     """Have this process sent ``signum`` every 1-3 ms until ``stop`` (``time.monotonic()``)."""
     return Signaller(stop, signum)
+
+
+class EveryLine:
+    """Runs a handler on every line of a package this thread runs, once per line.
+
+    While ``tracing``, a trace function raises ``signum`` the first time the thread reaches
+    each line of a file under ``directory`` (never while the handler runs), so the handler
+    lands there, inside whatever the code holds at that point. Python runs it before the
+    line, as it would a signal from outside that arrived then.
+    """
+
+    def __init__(self, directory: str, handler: Callable[[], None], signum: int = signal.SIGUSR1) -> None:
+        self._directory = directory
+        self._handler = handler
+        self._signum = signum
+        self._handling = False
+        self.landed: set[tuple[str, int]] = set()  # (file, line) where a signal was raised
+        signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._handling = True
+        try:
+            self._handler()
+        finally:
+            self._handling = False
+
+    def _trace(self, frame: FrameType, event: str, arg: object) -> Any:
+        if not frame.f_code.co_filename.startswith(self._directory):
+            return None
+        line = (frame.f_code.co_filename, frame.f_lineno)
+        if event == "line" and not self._handling and line not in self.landed:
+            self.landed.add(line)
+            signal.raise_signal(self._signum)
+        return self._trace
+
+    @contextlib.contextmanager
+    def tracing(self) -> Iterator[None]:
+        sys.settrace(self._trace)
+        try:
+            yield
+        finally:
+            sys.settrace(None)
