@@ -189,7 +189,10 @@ class ThreadCall(Call):
 
 class InlineMainCall(ThreadCall):
     """The main thread's, in memory: it works inline like any thread, marked as inside the
-    engine meanwhile (see ``World._main_inside``)."""
+    engine (see ``World._main_inside``) from before its message is queued. Unmarked there,
+    a signal handler's call would be processed with this one and woken only when this
+    caller leaves (the chain of wake-ups), which it cannot do before the handler returns.
+    """
 
     __slots__ = ()
     inline_main = True
@@ -508,7 +511,7 @@ class World(Generic[E]):
         If its activation fails, the message becomes a dead letter.
         """
         forbid_inside_activation("send")
-        self._run_until(self._enqueue(self._thread_call(envelope, raises=False)))
+        self._run_until(self._thread_call(envelope, raises=False))
 
     def send_sync(self, envelope: Envelope[E, S]) -> S:
         """Deliver ``envelope`` and return the entity's new state once it is committed.
@@ -516,7 +519,7 @@ class World(Generic[E]):
         Raises ``ActivationError`` if ``activate`` raised; the entity keeps its state.
         """
         forbid_inside_activation("send_sync")
-        call = self._enqueue(self._thread_call(envelope, raises=True))
+        call = self._thread_call(envelope, raises=True)
         self._run_until(call)
         if call.error is not None:
             raise call.error
@@ -744,18 +747,21 @@ class World(Generic[E]):
         self._kick()
         return call
 
-    def _run_until(self, call: ThreadCall) -> None:
-        """A thread caller: process up to ``call`` inline, see it committed, and return."""
-        if not call.chained:  # the main thread leaves the work to the worker (see MainThreadCall)
-            self._main_call = call
-            self._kick()
-            call.wait()
-            self._raise_for_send(call)
-            return
+    def _run_until(self, call: ThreadCall, enqueue: bool = True) -> None:
+        """A thread caller: queue ``call`` (unless it is queued already), process up to it
+        inline, see it committed, and return."""
         inside = call.inline_main
         try:
             if inside:
-                self._main_inside = True  # see _main_caller; set inside the try, as in _inside
+                self._main_inside = True  # before the message is queued (see InlineMainCall)
+            if enqueue:
+                self._enqueue(call)
+            if not call.chained:  # the main thread leaves the work to the worker (see MainThreadCall)
+                self._main_call = call
+                self._kick()
+                call.wait()
+                self._raise_for_send(call)
+                return
             with self._run_lock:
                 if not call.consumed:
                     if self._closed:

@@ -40,9 +40,24 @@ def test_a_handler_calling_in_on_any_line_is_answered_or_refused_and_loses_nothi
     """Wherever it lands, the handler's call is answered or refused with a clear error, never
     left waiting for what the interrupted code holds (before: a subscription's lock, then
     Postgres's local-follower lock); every committed state reaches the subscription, in order."""
-    name, where = ecosystem
+    check_every_line_report(*ecosystem)
+
+
+@pytest.mark.parametrize("name", ["inmemory", "localdisk"])
+def test_a_handler_calling_in_while_another_thread_commits_is_answered_or_refused(
+    name: str, tmp_path: Path
+) -> None:
+    """The same, with another thread holding the commit lock each time the handler runs, so
+    the handler's calls wait for that thread to answer them. Before the fix, in memory, a
+    handler landing just after the main thread queued its message had its call processed
+    with it and answered after it, in the chain of wake-ups the main thread passes on as it
+    leaves: it never did, as it waited for the handler."""
+    check_every_line_report(name, str(tmp_path / "every-line.db"), "held")
+
+
+def check_every_line_report(name: str, where: str, *options: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "tests.handler_on_every_line_child", name, where],
+        [sys.executable, "-m", "tests.handler_on_every_line_child", name, where, *options],
         cwd=ROOT, capture_output=True, text=True, timeout=120,  # a call left waiting hangs the child
     )
     assert done.returncode == 0, done.stderr

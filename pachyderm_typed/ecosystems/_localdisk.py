@@ -182,7 +182,7 @@ class LocalDisk(World[E]):
         self._check_open()
         call = self._thread_call(dead_letter.envelope, raises=False)
         self._shielded(lambda: self._revive(dead_letter, call))
-        self._run_until(call)
+        self._run_until(call, enqueue=False)
 
     def _revive(self, dead_letter: DeadLetter, call: ThreadCall) -> None:
         """Move the dead letter back to pending, as ``call``'s message, and queue it."""

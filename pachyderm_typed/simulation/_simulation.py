@@ -206,7 +206,9 @@ class Simulation(World[E]):
 
     # -- the ecosystem: everything runs inline, to quiescence -------------------------
 
-    def _run_until(self, call: ThreadCall) -> None:
+    def _run_until(self, call: ThreadCall, enqueue: bool = True) -> None:
+        if enqueue:
+            self._enqueue(call)
         self._run_to_quiescence()
         if not call.done:
             call.fail(ClosedError(f"{self!r} was closed before {call.envelope!r} was processed"))
