@@ -7,6 +7,7 @@ pending messages live and in how work is scheduled around this step.
 
 from __future__ import annotations
 
+import _thread
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -23,6 +24,8 @@ class _Marks(threading.local):
     depth = 0
     #: the group of callers (see ``Regroup``) that this thread's last call was answered in
     group = -1
+    #: this thread's request for a world's commit lock (see ``World._committing``), made once
+    request: _thread.LockType | None = None
 
 
 _local = _Marks()

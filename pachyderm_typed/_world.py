@@ -472,6 +472,7 @@ class World(Generic[E]):
         self._queue: deque[Item] = deque()
         self._run_lock = threading.Lock()
         self._commit_lock = threading.Lock()
+        self._lock_requests: deque[_thread.LockType] = deque()  # see _committing
         self._open = Batch()  # processed, not sealed
         self._sealed: deque[Batch] = deque()  # sealed, not yet committed (in order)
         self._seq = 0  # of the last sealed batch
@@ -946,15 +947,73 @@ class World(Generic[E]):
         self._handed_back()
 
     @contextlib.contextmanager
-    def _committing(self) -> Iterator[None]:
-        """Hold the commit lock (no batch is published meanwhile); hand back what others processed."""
+    def _committing(self, ask: bool = True) -> Iterator[None]:
+        """Hold the commit lock (no batch is published meanwhile); hand back what others processed.
+
+        ``ask``: the wait is announced (``_lock_requests``), so that a holder committing
+        batch after batch lets go of the lock between two of them (``_let_waiters_in``);
+        the committer thread, which takes it to do just that, does not ask.
+        """
+        request = None
+        if ask:  # a lock held from here until this thread has the commit lock, reused if it can be
+            request = thread_marks.request
+            if request is None or not request.acquire(blocking=False):
+                # (held: by a wait that a signal handler running this one interrupted, or by
+                # the holder that let this thread in last time)
+                request = thread_marks.request = _thread.allocate_lock()
+                request.acquire()
+        granted = False
         try:
-            with self._commit_lock:
-                yield
+            try:
+                if request is not None:
+                    self._lock_requests.append(request)
+                with self._commit_lock:
+                    if request is not None:
+                        self._granted(request)
+                        granted = True
+                    yield
+            finally:
+                if request is not None and not granted:  # interrupted while waiting
+                    self._granted(request)
         except BaseException:
             self._handed_back(unwinding=True)
             raise
         self._handed_back()
+
+    def _granted(self, request: _thread.LockType) -> None:
+        """A request for the commit lock is over: whoever let us in may go on."""
+        if request.locked():
+            _release(request)
+        requests = self._lock_requests
+        if requests:
+            try:
+                requests.remove(request)
+            except ValueError:  # taken by the holder that let us in
+                pass
+
+    def _let_waiters_in(self) -> None:
+        """Holding the commit lock between two batches, with threads waiting for it: let go of
+        it until each of them has had it (a lock does not queue its waiters), then take it back.
+
+        A holder committing everything there is keeps the lock from batch to batch for as
+        long as callers keep adding work, and the committer thread even waits for the
+        callers it answered to come back: under a few looping callers, state(), follow(),
+        dead letters and retries waited for the lock for seconds, on a slow disk forever.
+        A waiter interrupted before it got the lock is waited for a moment at most.
+        """
+        requests = self._lock_requests
+        waiting = []
+        while requests:
+            try:
+                waiting.append(requests.popleft())
+            except IndexError:  # the last one got in by itself meanwhile
+                break
+        self._commit_lock.release()
+        try:
+            for request in waiting:
+                request.acquire(timeout=0.1)
+        finally:
+            self._commit_lock.acquire()
 
     def _handed_back(self, unwinding: bool = False) -> None:
         """After releasing the commit lock: commit what others processed meanwhile and left to
@@ -987,6 +1046,8 @@ class World(Generic[E]):
         error = None
         committed: Batch | None = None
         while True:
+            if committed is not None and self._lock_requests:
+                self._let_waiters_in()
             if gather and committed is not None and not self._closed:
                 self._regroup.gather(len(self._open))
             with self._run_lock:
@@ -1139,7 +1200,7 @@ class World(Generic[E]):
             self._commit_here(gather=True)
 
     def _commit_here(self, gather: bool = False) -> None:
-        with self._committing():
+        with self._committing(ask=not gather):
             self._commit_sealed(until=None, gather=gather)
 
     def _state_of(self, spec: EntitySpec, address: Address[Any, Any, Any]) -> Any:

@@ -743,6 +743,47 @@ def test_on_a_slow_disk_looping_threads_regroup_into_one_commit(tmp_path: Path) 
         assert [reopened.state(Counter.address(f"t{n}")) for n in range(8)] == [calls] * 8
 
 
+def test_reads_are_served_while_looping_callers_keep_the_committer_busy(tmp_path: Path) -> None:
+    """On a slow disk the committer waits for the callers it answered and commits again, so
+    it always has work: it kept the commit lock from batch to batch, and state(), follow()
+    and dead_letters(), which wait for that lock, waited as long as the callers kept calling
+    (this test ran into its deadline). Now it lets them in between two batches."""
+    world = SlowDisk(App, tmp_path / "busy.db")
+    world.sizes = []
+    deadline = time.monotonic() + 20  # only so that a failure ends: served, reads take a few commits
+    done_reading = threading.Event()
+    calls = [0] * 4
+    reads: list[object] = []
+
+    def call(n: int) -> None:
+        while not done_reading.is_set() and time.monotonic() < deadline:
+            world.send_sync(Counter.post("shared", Increment()))
+            calls[n] += 1
+
+    def read() -> None:
+        while sum(calls) < 8:  # the callers are looping
+            time.sleep(0.005)
+        for _ in range(3):
+            reads.append(world.state(Counter.address("shared")))
+        reads.append(world.dead_letters())
+        with world.follow(Counter.address("shared")) as subscription:
+            reads.append(subscription)
+        done_reading.set()
+
+    threads = [threading.Thread(target=call, args=(n,)) for n in range(4)] + [threading.Thread(target=read)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    served_while_busy = done_reading.is_set() and time.monotonic() < deadline
+    world.close()
+    assert served_while_busy, (reads, calls)
+    states = reads[:3]
+    assert all(isinstance(state, int) for state in states) and states == sorted(states), reads
+    with LocalDisk(App, tmp_path / "busy.db") as reopened:
+        assert reopened.state(Counter.address("shared")) == sum(calls)
+
+
 def test_the_committer_waits_only_when_the_answered_callers_return_within_a_commit() -> None:
     regroup = Regroup()
     assert not regroup.pays(8)  # nothing measured yet
