@@ -262,8 +262,23 @@ def _on_own_thread(operation: Callable[[], T]) -> T:
     """Run ``operation`` on a short-lived thread and wait for its outcome: a signal that
     interrupts the caller meanwhile cannot stop the operation halfway."""
     job = _Shielded(operation)
-    threading.Thread(target=job.run, name="pachyderm-shielded", daemon=True).start()
+    start_thread(threading.Thread(target=job.run, name="pachyderm-shielded", daemon=True))
     return job.outcome()
+
+
+def start_thread(thread: threading.Thread) -> None:
+    """``thread.start()``, where a signal handler's exception comes out as itself.
+
+    start() waits for the new thread on a Condition. An exception a handler raises (Ctrl-C)
+    just as that wait takes the Condition's lock back leaves the lock released, and start()
+    then fails with RuntimeError("release unlocked lock") instead. The thread did start.
+    """
+    try:
+        thread.start()
+    except RuntimeError as exc:
+        if exc.__context__ is not None:  # (failing to start a thread has none)
+            raise exc.__context__ from None
+        raise
 
 
 def _release(signal: _thread.LockType) -> None:
@@ -666,7 +681,7 @@ class World(Generic[E]):
         interpreter waits for it before exiting."""
         if not (self._main_inside and _interruptible()):
             return False
-        threading.Thread(target=operation, name=name).start()
+        start_thread(threading.Thread(target=operation, name=name))
         return True
 
     def _thread_call(self, envelope: Envelope[Any, Any], raises: bool) -> ThreadCall:
@@ -1168,7 +1183,7 @@ class World(Generic[E]):
                     target=target, name=f"pachyderm-{self._declaration.name}{attribute}", daemon=True
                 )
                 setattr(self, attribute, thread)
-                thread.start()
+                start_thread(thread)
 
     def _work(self) -> None:
         """The worker: cascades and async callers' messages."""

@@ -11,6 +11,7 @@ import random
 import signal
 import sqlite3
 import stat
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -614,6 +615,38 @@ class Box(Entity[str, Increment, Boxed]):
 
 
 class BoxApp(Ecosystem[Box | Counter]): ...
+
+
+class Interrupted(Exception):
+    """What a signal handler raises in these tests (KeyboardInterrupt would stop pytest)."""
+
+
+def test_an_exception_a_handler_raises_as_a_shielded_call_starts_its_thread_is_raised_as_is(
+    tmp_path: Path,
+) -> None:
+    """The main thread's dead_letters() runs on a thread of its own, and Thread.start() waits
+    for that thread on a Condition. An exception raised just as that wait takes the
+    Condition's lock back (as Ctrl-C's KeyboardInterrupt can land there) left the lock
+    released, and the call raised RuntimeError("release unlocked lock") instead (seen once in
+    the Ctrl-C row of the fault matrix). The trace function raises where such a handler
+    would. (pytest runs tests in the main thread.)"""
+    landed = [False]
+
+    def tracer(frame: Any, event: str, arg: object) -> None:
+        if event == "call" and frame.f_code.co_name == "_acquire_restore" and not landed[0]:
+            landed[0] = True
+            raise Interrupted
+
+    with LocalDisk(App, tmp_path / "start.db") as world:
+        sys.settrace(tracer)
+        try:
+            with pytest.raises(Interrupted):
+                world.dead_letters()
+        finally:
+            sys.settrace(None)
+        assert landed[0], "this Python's Thread.start() no longer waits there"
+        assert world.dead_letters() == []
+        assert world.send_sync(Counter.post("c", Increment())) == 1
 
 
 @pytest.mark.parametrize("read", ["stored", "new"])

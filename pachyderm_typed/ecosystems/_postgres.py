@@ -93,7 +93,7 @@ from pachyderm_typed._codec import Codec, load_json
 from pachyderm_typed._ecosystem import AnyEntity, Ecosystem, EntitySpec
 from pachyderm_typed._kernel import activating, forbid_inside_activation
 from pachyderm_typed._subscription import Subscription
-from pachyderm_typed._world import HISTORY_PER_ENTITY, DeadLetter, World, _interruptible
+from pachyderm_typed._world import HISTORY_PER_ENTITY, DeadLetter, World, _interruptible, start_thread
 from pachyderm_typed.ecosystems._pg_schema import (
     SCHEMA_VERSION,
     Connection,
@@ -410,7 +410,7 @@ class Postgres(World[E]):
             for wake in self._wakes
         ]
         for thread in self._threads:
-            thread.start()
+            start_thread(thread)
 
     # -- public API -----------------------------------------------------------------
 
