@@ -1014,7 +1014,9 @@ class World(Generic[E]):
         long as callers keep adding work, and the committer thread even waits for the
         callers it answered to come back: under a few looping callers, state(), follow(),
         dead letters and retries waited for the lock for seconds, on a slow disk forever.
-        A waiter interrupted before it got the lock is waited for a moment at most.
+        A waiter interrupted before it got the lock is waited for a moment at most. Not in
+        the main thread: a signal handler's exception there could stop it before it has the
+        lock back, and its caller would go on as if it held it.
         """
         requests = self._lock_requests
         waiting = []
@@ -1061,8 +1063,8 @@ class World(Generic[E]):
         error = None
         committed: Batch | None = None
         while True:
-            if committed is not None and self._lock_requests:
-                self._let_waiters_in()
+            if committed is not None and self._lock_requests and not _interruptible():
+                self._let_waiters_in()  # (the main thread could not be sure to take the lock back)
             if gather and committed is not None and not self._closed:
                 self._regroup.gather(len(self._open))
             with self._run_lock:
