@@ -21,6 +21,9 @@ must hold exactly the number of ``i < n`` with ``i % SINKS == s``, and no anomal
 Strictly increasing arrivals from a known set, as many as the set has, are exactly that
 set: nothing lost, nothing doubled. LocalDisk is audited after closing and reopening the file.
 
+A watcher thread reads beside the load (see ``Watcher``): its reads and the states pushed to
+its subscription must never go back.
+
 Every ``--every`` seconds a row: elapsed time, calls acknowledged per second in the interval
 (each call is two activations: the hub's and the forwarded sink's), RSS of this process
 (``VmRSS``; for Postgres also the second node process), and the pending (not yet applied)
@@ -204,6 +207,70 @@ class Load:
         await asyncio.gather(*(self._async_client(c) for c in range(first, first + self._tasks)))
 
 
+class Watcher:
+    """A reader beside the load, as a dashboard would be: it follows hub 0 and reads one hub's
+    state after another, every 10 ms, until the load stops.
+
+    What it sees must never go back: per client, a hub's count and highest number only grow.
+    It counts its reads and the states pushed to it, and keeps the slowest read (a read
+    returns once what was processed before it is committed, while the callers keep the
+    store busy).
+    """
+
+    def __init__(self, world: World[Any], stop: threading.Event) -> None:
+        self.world = world
+        self.stop = stop
+        self.reads = 0
+        self.pushed = 0
+        self.backwards = 0
+        self.slowest = 0.0
+        self.slow = 0  # reads that took over 100 ms
+        self.errors: list[str] = []
+        self._last: dict[tuple[str, int], dict[int, tuple[int, int]]] = {}  # per (source, hub)
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def _saw(self, source: str, hub: int, seen: Seen) -> None:
+        # (reads and pushes are checked apart: the subscription hands out every state in
+        # order, so it may still be behind what a read just returned)
+        last = self._last.setdefault((source, hub), {})
+        for client, mark in seen.marks.items():
+            if mark < last.get(client, (0, -1)):
+                self.backwards += 1
+            last[client] = mark
+
+    def _watch(self) -> None:
+        try:
+            with self.world.follow(Hub.address(0)) as subscription:
+                hub = 0
+                while not self.stop.wait(0.01):
+                    began = time.monotonic()
+                    try:
+                        seen = self.world.state(Hub.address(hub))
+                    except DatabaseUnavailableError:
+                        continue
+                    took = time.monotonic() - began
+                    self.slowest = max(self.slowest, took)
+                    self.slow += took > 0.1
+                    self.reads += 1
+                    self._saw("read", hub, seen)
+                    while True:
+                        try:
+                            pushed = subscription.next(timeout=0)
+                        except TimeoutError:
+                            break
+                        self.pushed += 1
+                        self._saw("pushed", 0, pushed)
+                    hub = (hub + 1) % HUBS
+        except Exception as exc:  # reported in the verdict
+            self.errors.append(f"watcher: {type(exc).__name__}: {exc}")
+
+
 def patiently(read: Callable[[], T]) -> T:
     """``read()``, tried again for up to 5 minutes while the database is unavailable."""
     deadline = time.monotonic() + 300
@@ -258,6 +325,7 @@ def run(
     seconds = args.minutes * 60
     every = args.every or (30.0 if seconds >= 300 else 5.0)
     load = Load(world, args.threads, args.tasks)
+    watcher = Watcher(world, load.stop)
     extra = "".join(f"  node{i + 2} RSS MiB" for i in range(len(node_pids)))
     print(f"\n== soak {name}: {args.threads} threads + {args.tasks} asyncio tasks, "
           f"{HUBS} hubs -> {SINKS} sinks, {args.minutes:g} min, a row every {every:g} s", flush=True)
@@ -265,6 +333,7 @@ def run(
     start = time.monotonic()
     rss_rows: list[float] = []
     load.start()
+    watcher.start()
     last_total, last_time = 0, start
     while not load.stop.is_set():
         deadline = min(start + seconds, last_time + every)
@@ -280,6 +349,7 @@ def run(
         if now - start >= seconds:
             break
     load.join()
+    watcher.join()
     elapsed = time.monotonic() - start
     total = load.total()
     # Let the forwarded messages drain (the callers' own activations are all committed).
@@ -301,9 +371,13 @@ def run(
               f"{load.resolved} unknown outcomes settled by reading the hub")
     print(f"  RSS: first row {rss_rows[0]:.1f} MiB, last row {rss_rows[-1]:.1f} MiB, peak {max(rss_rows):.1f} MiB "
           f"(growth {growth:+.1f} MiB); pending after drain: {left}")
-    for line in [*load.errors[:5], *problems]:
+    print(f"  watcher: {watcher.reads:,} state() reads ({watcher.slow} over 100 ms, slowest "
+          f"{watcher.slowest * 1e3:.1f} ms), "
+          f"{watcher.pushed:,} states pushed to its subscription; {watcher.backwards} went back")
+    for line in [*load.errors[:5], *watcher.errors, *problems]:
         print(f"  ! {line}")
     ok = lost == 0 and doubled == 0 and not load.errors and left == 0 and total > 0
+    ok = ok and not watcher.errors and watcher.backwards == 0 and watcher.reads > 0
     print(f"  verdict {name}: {'PASS' if ok else 'FAIL'}: {lost} lost, {doubled} doubled or out of order (activations), "
           f"{total:,} acknowledged calls, {2 * total:,} activations audited", flush=True)
     return ok

@@ -945,11 +945,16 @@ class World(Generic[E]):
 
         A durable store's inline caller (``own``) stops once its own message is published,
         and the committer thread takes the rest (a commit is an fsync). In memory a commit
-        costs nothing, so the holder commits everything there is.
+        costs nothing, so the holder commits everything there is. While a thread asks for
+        the lock (``_committing``), a durable store's callers leave it to that thread: the
+        committer commits once it has had its turn.
         """
         lock = self._commit_lock
         pipelined = self.pipelined
         while self._has_work() and not (pipelined and own is not None and own.done):
+            if pipelined and self._lock_requests:
+                self._kick_committer()  # someone waits for the lock: not taken before them
+                return
             if not lock.acquire(blocking=False):
                 return
             try:
@@ -1014,23 +1019,27 @@ class World(Generic[E]):
         long as callers keep adding work, and the committer thread even waits for the
         callers it answered to come back: under a few looping callers, state(), follow(),
         dead letters and retries waited for the lock for seconds, on a slow disk forever.
-        A waiter interrupted before it got the lock is waited for a moment at most. Not in
-        the main thread: a signal handler's exception there could stop it before it has the
-        lock back, and its caller would go on as if it held it.
+        Not in the main thread: a signal handler's exception there could stop it before it
+        has the lock back, and its caller would go on as if it held it.
         """
-        requests = self._lock_requests
-        waiting = []
-        while requests:
-            try:
-                waiting.append(requests.popleft())
-            except IndexError:  # the last one got in by itself meanwhile
-                break
         self._commit_lock.release()
         try:
-            for request in waiting:
-                request.acquire(timeout=0.1)
+            self._await_requests()
         finally:
             self._commit_lock.acquire()
+
+    def _await_requests(self) -> None:
+        """Not holding the commit lock: wait until the threads asking for it have had it.
+
+        Meanwhile nobody else takes it (inline callers leave their batches to the committer,
+        which waits here first). A request still open after a second is dropped: its thread
+        was interrupted in a way that kept it from withdrawing it.
+        """
+        for request in tuple(self._lock_requests):
+            if request.acquire(timeout=1.0):
+                _release(request)  # (others may be waiting for it too)
+            else:
+                self._granted(request)
 
     def _handed_back(self, unwinding: bool = False) -> None:
         """After releasing the commit lock: commit what others processed meanwhile and left to
@@ -1217,6 +1226,8 @@ class World(Generic[E]):
             self._commit_here(gather=True)
 
     def _commit_here(self, gather: bool = False) -> None:
+        if gather and self._lock_requests:
+            self._await_requests()
         with self._committing(ask=not gather):
             self._commit_sealed(until=None, gather=gather)
 
