@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from pachyderm_typed._address import Address
+from pachyderm_typed._bells import ring
 
 S_co = TypeVar("S_co", covariant=True)
 
@@ -72,12 +73,7 @@ class Subscription(Generic[S_co]):
 
     def _ring(self) -> None:
         """Wake a thread blocked in a read, and an async reader, if any (never waits)."""
-        bell = self._bell
-        if bell.locked():
-            try:
-                bell.release()
-            except RuntimeError:  # rung by another thread just now
-                pass
+        ring(self._bell)
         waiter = self._waiter  # replaced only by the reader: a push must not lose a newer one
         if waiter is not None and not waiter[1].done():
             loop, future = waiter

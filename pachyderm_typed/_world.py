@@ -67,6 +67,7 @@ import attrs
 from typing_extensions import Self
 
 from pachyderm_typed._address import Address, Envelope
+from pachyderm_typed._bells import ring
 from pachyderm_typed._ecosystem import AnyEntity, Declaration, Ecosystem, EntitySpec
 from pachyderm_typed._fork import forsake_in_forked_children, released
 from pachyderm_typed._kernel import Kernel, forbid_inside_activation, thread_marks
@@ -167,7 +168,7 @@ class ThreadCall(Call):
         self.group = -1  # the group of callers its batch answered (see Regroup)
 
     def _wake(self) -> None:
-        _release(self._signal)
+        ring(self._signal)
 
     def wait(self) -> None:
         if not self.done:
@@ -184,7 +185,7 @@ class ThreadCall(Call):
         self._left = True
         then = self._then
         if then is not None:
-            _release(then._signal)
+            ring(then._signal)
 
 
 class InlineMainCall(ThreadCall):
@@ -281,13 +282,6 @@ def start_thread(thread: threading.Thread) -> None:
         raise
 
 
-def _release(signal: _thread.LockType) -> None:
-    try:
-        signal.release()
-    except RuntimeError:  # released already: a caller is woken at most once
-        pass
-
-
 class AsyncCall(Call):
     """An async caller's: it awaits ``future``, resolved on its loop from any thread."""
 
@@ -344,11 +338,7 @@ class Doorbell:
         self._lock.acquire()
 
     def ring(self) -> None:
-        if self._lock.locked():
-            try:
-                self._lock.release()
-            except RuntimeError:  # rung by another thread just now
-                pass
+        ring(self._lock)
 
     def wait(self) -> None:
         self._lock.acquire()
@@ -409,7 +399,7 @@ class Regroup:
         if self.returned == self.count:
             self.back_after = time.perf_counter() - self.at
             if self.waiting:
-                _release(self.bell)
+                ring(self.bell)
 
     def pays(self, queued: int) -> bool:
         """Whether waiting for the answered callers should beat committing ``queued`` now."""
@@ -1002,8 +992,7 @@ class World(Generic[E]):
 
     def _granted(self, request: _thread.LockType) -> None:
         """A request for the commit lock is over: whoever let us in may go on."""
-        if request.locked():
-            _release(request)
+        ring(request)
         requests = self._lock_requests
         if requests:
             try:
@@ -1037,7 +1026,7 @@ class World(Generic[E]):
         """
         for request in tuple(self._lock_requests):
             if request.acquire(timeout=1.0):
-                _release(request)  # (others may be waiting for it too)
+                ring(request)  # (others may be waiting for it too)
             else:
                 self._granted(request)
 
@@ -1141,14 +1130,14 @@ class World(Generic[E]):
                 item.result = new_state
                 item.done = True
                 if not item.chained:
-                    _release(item._signal)
+                    ring(item._signal)
                 else:
                     if last is None:
                         first = item
                     else:
                         last._then = item
                         if last._left:
-                            _release(item._signal)
+                            ring(item._signal)
                     last = item
                     item.group = group
                     answered += 1
@@ -1161,7 +1150,7 @@ class World(Generic[E]):
         if self.pipelined:
             self._regroup.answered(group, answered)
         if first is not None:
-            _release(first._signal)
+            ring(first._signal)
         for item, error in batch.failed:
             item.fail(error)
         for item, error in batch.dead:

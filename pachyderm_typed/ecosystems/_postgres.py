@@ -531,14 +531,14 @@ class Postgres(World[E]):
         Taking it off the list and processing it again commit together.
         """
         forbid_inside_activation("retry")
-        with self._main_thread_takes(("dead", dead_letter.id), f"dead letter {dead_letter.id}"):
+        with self._main_thread_takes_letter(dead_letter):
             self._deliver(dead_letter.envelope, raises=False, dead_letter=dead_letter.id)
 
     def discard(self, dead_letter: DeadLetter) -> None:
         """Drop a dead letter for good."""
         forbid_inside_activation("discard")
         self._check_open()
-        with self._main_thread_takes(("dead", dead_letter.id), f"dead letter {dead_letter.id}"):
+        with self._main_thread_takes_letter(dead_letter):
             taken = self._run(lambda conn: conn.execute(self._q.dead_take, (dead_letter.id,)).fetchone(), "discard")
         if taken is None:
             raise LookupError(f"dead letter {dead_letter.id} is not (or no longer) in {self!r}")
@@ -621,6 +621,10 @@ class Postgres(World[E]):
             yield
         finally:
             self._main_locks.discard(lock)
+
+    def _main_thread_takes_letter(self, dead_letter: DeadLetter) -> contextlib.AbstractContextManager[None]:
+        """``_main_thread_takes`` for the row of a dead letter, which retry and discard delete."""
+        return self._main_thread_takes(("dead", dead_letter.id), f"dead letter {dead_letter.id}")
 
     def _run(self, work: Callable[[Connection], T], what: str) -> T:
         """Run ``work`` in one transaction on a pooled connection, then commit.
