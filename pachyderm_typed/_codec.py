@@ -27,6 +27,7 @@ import datetime
 import enum
 import json
 import json.encoder
+import threading
 import types
 import typing
 import uuid
@@ -39,7 +40,7 @@ from cattrs.preconf.json import make_converter
 
 from pachyderm_typed._address import Address, Envelope, make_address, make_envelope
 from pachyderm_typed._ecosystem import Declaration, EntitySpec
-from pachyderm_typed.errors import CodecError, DeclarationError, UpgradeError
+from pachyderm_typed.errors import CodecError, DeclarationError, PachydermError, StorageError, UpgradeError
 
 _TAG = "_type"
 _Hook = Callable[[Any], Any]
@@ -298,6 +299,7 @@ class Codec:
         try:
             return self.converter.structure(load_json(data), spec.id_type)
         except Exception as exc:
+            _raise_refusal(exc, f"a stored {spec.kind} id")
             raise CodecError(f"a stored {spec.kind} id is corrupt ({data[:80]!r}): {exc}") from exc
 
     def encode_state(self, spec: EntitySpec, state: object) -> bytes:
@@ -325,6 +327,7 @@ class Codec:
         try:
             return self.converter.structure(raw, spec.state_type)
         except Exception as exc:
+            _raise_refusal(exc, f"the stored state of {where or spec.kind}")
             raise CodecError(
                 f"the stored state of {where or spec.kind} (version {version}) does not fit "
                 f"{_name(spec.state_type)}: {_cattrs_reason(exc)}. If the state type changed, raise "
@@ -345,6 +348,7 @@ class Codec:
             try:
                 raw = step(raw)
             except Exception as exc:
+                _raise_refusal(exc, None)
                 raise UpgradeError(
                     f"upgrading the stored state of {where or spec.kind} from version {version} to "
                     f"{version + 1} raised {type(exc).__name__}: {exc} (nothing was changed)"
@@ -376,6 +380,7 @@ class Codec:
             entity_id = self.converter.structure(raw_id, spec.id_type)
             message = self.converter.structure(raw_message, spec.message_type)
         except Exception as exc:
+            _raise_refusal(exc, f"a stored message for {kind}")
             raise CodecError(
                 f"a stored message for {kind} does not fit its declared types: {_cattrs_reason(exc)}"
             ) from exc
@@ -408,6 +413,35 @@ def _name(tp: object) -> str:
     if isinstance(tp, type):
         return tp.__qualname__
     return repr(tp).replace("typing.", "")
+
+
+def _raise_refusal(exc: BaseException, what: str | None) -> None:
+    """An error raised while decoding ``what`` may hold the engine's refusal of a call
+    (``SendInsideActivationError``, ``ReentrantCallError``; also inside cattrs' groups).
+    The data is not at fault then, and calling it corrupt would send its reader looking
+    for a fault the file does not have. In the main thread the refusal is raised as it
+    is: a signal handler's call may have been refused there, in the middle of a decode
+    that is otherwise fine. Elsewhere only the decoding itself (a validator, a hook) can
+    have made the call, every time this record is decoded: a CodecError says so.
+    ``what`` None: the caller words that error."""
+    found = _refusal(exc)
+    if found is None:
+        return
+    if threading.current_thread() is threading.main_thread():
+        raise found
+    if what is not None:
+        raise CodecError(f"decoding {what} called the ecosystem, which was refused: {found}") from exc
+
+
+def _refusal(exc: BaseException) -> PachydermError | None:
+    if isinstance(exc, PachydermError) and not isinstance(exc, StorageError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _refusal(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def _cattrs_reason(exc: BaseException) -> str:

@@ -140,6 +140,47 @@ class Hooked(Entity[str, Poke, int]):
 class App(Ecosystem[Counter | PingPong | Recorder | Fanout | Forwarder | Picky | Hooked]): ...
 
 
+# Set by a test to something decoding a stored Boxed state calls (its validator).
+READ_HOOK: list[Callable[[], object]] = []
+
+
+def _run_read_hook(instance: object, attribute: object, value: object) -> None:
+    for hook in READ_HOOK:
+        hook()
+
+
+@attrs.frozen
+class Boxed:
+    n: int = attrs.field(validator=_run_read_hook)  # runs when a stored state is decoded
+
+
+class Box(Entity[str, Increment, Boxed]):
+    def init(self, entity_id: str) -> Boxed:
+        return Boxed(0)
+
+    def activate(self, message: Increment, state: Boxed) -> tuple[Outbox, Boxed]:
+        return [], Boxed(state.n + message.by)
+
+
+@attrs.frozen
+class Feed:
+    """Add ``by`` to the box ``to`` (through the outbox, so that a worker applies it)."""
+
+    to: str
+    by: int = 1
+
+
+class Feeder(Entity[str, Feed, int]):
+    def init(self, entity_id: str) -> int:
+        return 0
+
+    def activate(self, message: Feed, state: int) -> tuple[Outbox, int]:
+        return [Box.post(message.to, Increment(message.by))], state + 1
+
+
+class BoxApp(Ecosystem[Box | Counter | Feeder | Forwarder]): ...
+
+
 @attrs.frozen
 class Nest:
     inner: Nest | None = None

@@ -25,7 +25,7 @@ from typing import Any
 import attrs
 import pytest
 
-from pachyderm_typed import ActivationError, StorageError, UpgradeError
+from pachyderm_typed import ActivationError, UpgradeError
 from pachyderm_typed._dbmfile import PENDING, DbmFile, state_key
 from pachyderm_typed.ecosystems import LocalDisk
 from tests.helpers_faults.workload import (

@@ -14,7 +14,6 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ from pachyderm_typed import (
 from pachyderm_typed.ecosystems import LocalDisk
 from pachyderm_typed._dbmfile import put_statement
 from pachyderm_typed._world import Batch, Regroup
-from tests.entities import App, Counter, Increment, Picky, Ping, PingPong, Unlock, Work
+from tests.entities import READ_HOOK, App, Box, BoxApp, Boxed, Counter, Feed, Feeder, Increment, Picky, Ping, PingPong, Unlock, Work
 from tests.guards import hangs_fail
 from tests.helpers_localdisk.workload import Entry, Fan, Log, Spread
 from tests.helpers_localdisk.workload import Work as LogWork
@@ -593,28 +592,6 @@ def test_a_main_thread_call_is_committed_without_the_cascade_it_causes(tmp_path:
     assert sum(world.sizes) == 51
 
 
-READ_HOOK: list[Callable[[], object]] = []
-
-
-def _run_read_hook(instance: object, attribute: object, value: object) -> None:
-    for hook in READ_HOOK:
-        hook()
-
-
-@attrs.frozen
-class Boxed:
-    n: int = attrs.field(validator=_run_read_hook)  # runs when a stored state is decoded
-
-
-class Box(Entity[str, Increment, Boxed]):
-    def init(self, entity_id: str) -> Boxed:
-        return Boxed(0)
-
-    def activate(self, message: Increment, state: Boxed) -> tuple[Outbox, Boxed]:
-        return [], Boxed(state.n + message.by)
-
-
-class BoxApp(Ecosystem[Box | Counter]): ...
 
 
 class Interrupted(Exception):
@@ -1026,3 +1003,56 @@ def test_close_under_load_answers_or_refuses_every_caller_and_keeps_every_answer
         assert unexpected == []
         with LocalDisk(App, path) as reopened:
             assert sum(reopened.state(Counter.address(f"c{n}")) for n in range(3)) == answered[0]
+
+
+def test_an_error_a_signal_handler_raises_inside_a_read_is_raised_as_is_not_called_corrupt(
+    tmp_path: Path,
+) -> None:
+    """A handler that does not catch its refused call lets ReentrantCallError out inside
+    the read, in the middle of decoding a stored state. The read raises it as it is: the
+    stored state is fine, and calling it corrupt would send its reader after a fault the
+    file does not have. (pytest runs tests in the main thread.)"""
+    path = tmp_path / "box.db"
+    with LocalDisk(BoxApp, path, cache_size=1) as world:
+        world.send_sync(Box.post("b", Increment(by=5)))
+        world.send_sync(Counter.post("c", Increment()))  # the cache holds one: "b" is read from the file
+
+        def handler(signum: int, frame: object) -> None:
+            world.send_sync(Counter.post("c", Increment()))  # refused: the read holds the locks
+
+        previous = signal.signal(signal.SIGUSR1, handler)
+        READ_HOOK.append(lambda: signal.raise_signal(signal.SIGUSR1))
+        try:
+            with hangs_fail(), pytest.raises(ReentrantCallError, match="signal handler"):
+                world.state(Box.address("b"))
+        finally:
+            READ_HOOK.clear()
+            signal.signal(signal.SIGUSR1, previous)
+        assert world.state(Box.address("b")) == Boxed(5)
+        assert world.state(Counter.address("c")) == 1
+
+
+def test_a_validator_that_calls_the_ecosystem_is_named_in_the_dead_letter_not_called_corrupt(
+    tmp_path: Path,
+) -> None:
+    """The worker loading a stored state whose validator calls the ecosystem (refused: it
+    runs inside the engine) cannot use that state; the message becomes a dead letter whose
+    reason names the refused call, and a retry applies it once the validator behaves."""
+    with LocalDisk(BoxApp, tmp_path / "box.db", cache_size=1) as world:
+        world.send_sync(Box.post("b", Increment(by=5)))
+        world.send_sync(Counter.post("c", Increment()))  # the cache holds one: "b" is read from the file
+        READ_HOOK.append(lambda: world.send(Counter.post("c", Increment())))
+        try:
+            world.send_sync(Feeder.post("f", Feed("b")))  # the worker applies what it forwards
+            deadline = time.monotonic() + 20
+            while not world.dead_letters() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            READ_HOOK.clear()
+        [letter] = world.dead_letters()
+        assert "decoding the stored state of Box('b')" in letter.reason
+        assert "called the ecosystem, which was refused: send() was called" in letter.reason
+        assert "corrupt" not in letter.reason and "does not fit" not in letter.reason
+        world.retry(letter)
+        assert world.state(Box.address("b")) == Boxed(6)
+        assert world.state(Counter.address("c")) == 1

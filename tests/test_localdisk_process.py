@@ -19,7 +19,7 @@ import pytest
 from pachyderm_typed import AlreadyOpenError
 from pachyderm_typed.ecosystems import LocalDisk
 from tests.entities import App, Counter, Increment
-from tests.helpers_localdisk.workload import Entry, Fan, Log, Relay, Work
+from tests.helpers_localdisk.workload import Fan, Log, Relay, Work
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 20.0

@@ -7,20 +7,23 @@ crash and server-restart tests are in the other test_postgres_*.py files.
 from __future__ import annotations
 
 import io
+import logging
+import signal
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
 
-from pachyderm_typed import DatabaseUnavailableError, Ecosystem, StorageError, UpgradeError
+from pachyderm_typed import DatabaseUnavailableError, Ecosystem, SendInsideActivationError, StorageError, UpgradeError
 from pachyderm_typed.ecosystems import Postgres
 from pachyderm_typed.ecosystems._pg_schema import lock_key
 from pachyderm_typed.ecosystems._postgres import inspect_postgres
-from tests.entities import App, Burst, Counter, Fanout, Forward, Forwarder, Gate, Increment, Picky, Record, Recorder, Unlock, Work
+from tests.entities import READ_HOOK, App, Box, BoxApp, Boxed, Burst, Feed, Feeder, Counter, Fanout, Forward, Forwarder, Gate, Increment, Picky, Record, Recorder, Unlock, Work
 from tests.helpers_pgfaults.app import Pay, Wallet1, Wallet2, WalletV1, WalletV2
 from tests.helpers_postgres.support import DSN, ROOT, namespace, new_namespace, requires_postgres
 from tests.threads import run_on_threads
@@ -321,3 +324,56 @@ def test_the_connection_pool_lends_each_connection_to_one_caller_and_closes_them
     assert late.closed
     with pytest.raises(ClosedError):
         pool.take()
+
+
+def test_a_handler_error_raised_inside_a_call_as_it_decodes_a_state_is_raised_as_is(namespace: str) -> None:
+    """The main thread's send_sync decodes the stored state itself; a signal landing there
+    whose handler lets its refused call's error out fails that call with that error, not
+    with one calling the state corrupt, and applies nothing. (pytest runs tests in the
+    main thread.)"""
+    with Postgres(BoxApp, DSN, namespace=namespace) as world:
+        assert world.send_sync(Box.post("b", Increment(by=5))) == Boxed(5)
+
+        def handler(signum: int, frame: object) -> None:
+            world.send_sync(Counter.post("c", Increment()))  # refused: the call runs entity code
+
+        previous = signal.signal(signal.SIGUSR1, handler)
+        READ_HOOK.append(lambda: signal.raise_signal(signal.SIGUSR1))
+        try:
+            with pytest.raises(SendInsideActivationError, match="signal handler"):
+                world.send_sync(Box.post("b", Increment()))
+        finally:
+            READ_HOOK.clear()
+            signal.signal(signal.SIGUSR1, previous)
+        assert world.send_sync(Box.post("b", Increment())) == Boxed(6)
+        assert world.state(Counter.address("c")) == 0
+        assert world.dead_letters() == []
+
+
+def test_a_validator_that_calls_the_ecosystem_blocks_its_entity_on_a_worker_not_the_batch(
+    namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker decoding a stored state whose validator calls the ecosystem (refused: it
+    runs inside the engine) leaves that entity's messages pending, says why, and goes on
+    with the other entities' messages; once the validator behaves, they are applied."""
+    with Postgres(BoxApp, DSN, namespace=namespace) as world:
+        assert world.send_sync(Box.post("b", Increment(by=5))) == Boxed(5)
+        READ_HOOK.append(lambda: world.send(Counter.post("c", Increment())))
+        try:
+            with caplog.at_level(logging.WARNING, logger="pachyderm_typed.postgres"):
+                world.send(Feeder.post("f", Feed("b")))  # the worker applies what the two forward
+                world.send(Forwarder.post("f", Forward("d")))
+                deadline = time.monotonic() + WAIT
+                while world.state(Counter.address("d")) == 0 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                while "called the ecosystem, which was refused" not in caplog.text and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            assert world.state(Counter.address("d")) == 1
+            assert "decoding the stored state of Box('b') called the ecosystem, which was refused: send() was called" in caplog.text
+            assert "corrupt" not in caplog.text
+        finally:
+            READ_HOOK.clear()
+        assert world.state(Box.address("b")) == Boxed(5)  # its message is pending, not dropped
+        assert world.send_sync(Box.post("b", Increment())) == Boxed(7)  # the pending one first, once
+        assert world.state(Counter.address("c")) == 0
+        assert world.dead_letters() == []

@@ -415,7 +415,7 @@ class _Worker:
         return report
 
     def results(self) -> dict[str, Any]:
-        prints, model = self.prints, self.model
+        prints = self.prints
         return {
             "outcomes": [wid for wid, key in enumerate(self.worlds) if not key[1]],
             "failures": {
