@@ -175,6 +175,14 @@ def locked_by_other(path: Path) -> str | None:
     return None
 
 
+def _check_place(path: Path) -> None:
+    """Refuse a path that cannot be a LocalDisk file."""
+    if not path.parent.is_dir():
+        raise StorageError(f"cannot open {path}: the directory {path.parent} does not exist; create it first")
+    if path.exists() and not path.is_file():
+        raise StorageError(f"{path} is not a regular file: LocalDisk needs a file path")
+
+
 def _check_header(path: Path) -> None:
     """Reject files that are not SQLite, and SQLite files cut short, before SQLite touches them."""
     with open(path, "rb") as handle:
@@ -233,6 +241,7 @@ class DbmFile:
         self.readonly = readonly
         self._use = threading.Lock()
         self._forsaken = False
+        _check_place(self.path)  # before the lock file is created beside it
         self._lock = FileLock(self.path)
         try:
             self.conn = self._connect(create)
@@ -258,11 +267,7 @@ class DbmFile:
                 "when it forked. Open it in a process that did not inherit it open, such as one "
                 "started with multiprocessing's 'spawn' or 'forkserver' method"
             )
-        if not path.parent.is_dir():
-            raise StorageError(f"cannot open {path}: the directory {path.parent} does not exist")
         if path.exists():
-            if not path.is_file():
-                raise StorageError(f"{path} is not a regular file: LocalDisk needs a file path")
             _check_header(path)
         elif not create or self.readonly:
             raise StorageError(f"{path} does not exist: check the path")

@@ -174,6 +174,22 @@ def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
     _assert_refused(path, r"notes.txt is not a LocalDisk file \(not an SQLite database\)")
 
 
+def test_a_path_that_cannot_be_the_file_is_refused_saying_what_to_do(tmp_path: Path) -> None:
+    """A folder, a device, or a path in a folder that does not exist: each refused with a
+    message naming what is wrong, and nothing is created (no lock file beside it either)."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    with pytest.raises(StorageError, match=r"folder is not a regular file: LocalDisk needs a file path"):
+        LocalDisk(App, folder)
+    with pytest.raises(StorageError, match=r"/dev/null is not a regular file"):
+        LocalDisk(App, "/dev/null")
+    missing = tmp_path / "no-such-folder" / "app.db"
+    with pytest.raises(StorageError, match=r"the directory .*no-such-folder does not exist; create it first"):
+        LocalDisk(App, missing)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
+    assert list(folder.iterdir()) == []
+
+
 def test_a_database_with_a_damaged_header_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "app.db"
     with LocalDisk(App, path) as world:
