@@ -748,7 +748,13 @@ class World(Generic[E]):
         return call
 
     def _hand_to_worker(self, call: AsyncCall) -> AsyncCall:
-        """An async caller: queue the message for the worker, which resolves ``call.future``."""
+        """An async caller: queue the message for the worker, which resolves ``call.future``.
+
+        Refused in a signal handler that interrupted the main thread inside the engine (a
+        handler may run an event loop of its own): the worker would wait for the locks the
+        interrupted call holds, and the handler for the worker."""
+        if self._main_inside:
+            self._main_caller()  # raises ReentrantCallError there; other threads go on
         self._enqueue(call)
         self._kick()
         return call

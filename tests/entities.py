@@ -144,7 +144,7 @@ class App(Ecosystem[Counter | PingPong | Recorder | Fanout | Forwarder | Picky |
 READ_HOOK: list[Callable[[], object]] = []
 
 
-def _run_read_hook(instance: object, attribute: object, value: object) -> None:
+def _run_read_hook(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
     for hook in READ_HOOK:
         hook()
 

@@ -13,6 +13,7 @@ import pytest
 
 from pachyderm_typed.ecosystems import LocalDisk, Postgres
 from tests.entities import App, Counter
+from tests.handler_fuzz import run_pair
 from tests.helpers_postgres.support import DSN, UNAVAILABLE, new_namespace
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,3 +95,21 @@ def test_a_handler_discarding_the_dead_letter_being_retried_is_refused_not_left_
     assert report["left"] == []
     if name != "localdisk":  # LocalDisk moves the letter on a thread of its own: nothing to refuse
         assert any(outcome["reentrant"] for outcome in report["rounds"]), report
+
+
+@pytest.mark.parametrize("main_op", ["send_sync", "state", "follow"])
+@pytest.mark.parametrize("name", ["inmemory", "localdisk", "postgres"])
+def test_a_handler_awaiting_an_async_call_is_refused_where_the_engine_waits_for_it(name: str, main_op: str) -> None:
+    """A handler may run an event loop of its own and await asend_sync. Where the main thread
+    is inside the engine (in memory: a call; LocalDisk: a read; Postgres: any call), the
+    awaited work runs on another thread, which waits for what the interrupted call holds,
+    and the handler for that thread: the child hung there, in all three (found by
+    ``python -m tests.handler_fuzz``). Refused with ReentrantCallError now, served elsewhere,
+    and every answered call counts once (the child checks; see ``handler_fuzz``)."""
+    if name == "postgres" and UNAVAILABLE is not None:
+        pytest.skip(UNAVAILABLE)
+    ok, detail, report = run_pair(name, main_op, "asend_sync")
+    assert ok, detail
+    assert report["lines"] > 20, "the signals did not land in the engine"
+    if name == "inmemory" or main_op != "send_sync":  # (LocalDisk's main thread waits outside the engine)
+        assert report["refused"], "no handler landed where the main thread holds the engine"

@@ -76,13 +76,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, TextIO, TypeVar
+from typing import Any, TextIO, TypeVar, cast
 
 import psycopg
 from psycopg import sql
@@ -308,6 +309,28 @@ class _Follow:
         self.seen = seen
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _main_call(method: F) -> F:
+    """Marks the main thread as inside a call of the node while ``method`` runs (see
+    ``Postgres._refuse_handler_await``). The mark found is restored, wherever an
+    interruption lands: a handler's own call inside nests."""
+
+    @functools.wraps(method)
+    def marked(self: Postgres[Any], *args: Any, **kwargs: Any) -> Any:
+        if not _interruptible():
+            return method(self, *args, **kwargs)
+        outer = self._main_in_call
+        try:
+            self._main_in_call = True
+            return method(self, *args, **kwargs)
+        finally:
+            self._main_in_call = outer
+
+    return cast(F, marked)
+
+
 class Postgres(World[E]):
     """Runs a declaration as one node of an ecosystem stored in PostgreSQL.
 
@@ -382,6 +405,7 @@ class Postgres(World[E]):
         # What the main thread's calls in progress lock: entity lock keys, and ("dead", id) for
         # the dead letters they take (see _main_thread_takes).
         self._main_locks: set[int | tuple[str, int]] = set()
+        self._main_in_call = False  # the main thread is inside a call (see _main_call)
         self._follows: dict[tuple[str, bytes], list[_Follow]] = {}
         self._unreadable: dict[int, float] = {}  # lock key -> monotonic time to retry
         # Reentrant: a signal handler's call may land in the main thread's update of the count.
@@ -457,14 +481,32 @@ class Postgres(World[E]):
     async def asend(self, envelope: Envelope[E, object]) -> None:
         """``send`` for asyncio code: the transaction runs in a thread, not on the loop."""
         forbid_inside_activation("asend")
+        self._refuse_handler_await()
         await asyncio.to_thread(self._deliver, envelope, False)
 
     async def asend_sync(self, envelope: Envelope[E, S]) -> S:
         """``send_sync`` for asyncio code: the transaction runs in a thread, not on the loop."""
         forbid_inside_activation("asend_sync")
+        self._refuse_handler_await()
         result: object = await asyncio.to_thread(self._deliver, envelope, True)
         return result  # type: ignore[return-value]
 
+    def _refuse_handler_await(self) -> None:
+        """An async call from a signal handler (which may run an event loop of its own) that
+        interrupted a call of the main thread (``_main_call``): its transaction would run on
+        another thread, which may wait for what the interrupted call holds (the entity's
+        lock, the lock on followers or on the statistics, a lock inside psycopg), and the
+        handler waits for that thread."""
+        if self._main_in_call and _interruptible():
+            raise ReentrantCallError(
+                f"{self!r}: an async call came from a signal handler that interrupted a call of this "
+                "same thread; its transaction would run on another thread and may wait for what the "
+                "interrupted call holds until the handler returns, which waits for it. Have the "
+                "handler set a flag (or hand the work to another thread) and make the call after it "
+                "returns; the synchronous twin is served there for other entities"
+            )
+
+    @_main_call
     def state(self, address: Address[E, Any, S]) -> S:
         """The entity's latest committed state, without activating it."""
         forbid_inside_activation("state")
@@ -478,6 +520,7 @@ class Postgres(World[E]):
             return self._kernel.initial_state(spec, address)  # type: ignore[return-value]
         return self._codec.decode_state(spec, row[1], where=repr(address))  # type: ignore[return-value]
 
+    @_main_call
     def follow(self, address: Address[E, Any, S]) -> Subscription[S]:
         """Follow the entity: ``.state`` now, then every later committed state, in order.
 
@@ -518,6 +561,7 @@ class Postgres(World[E]):
             raise
         return follow.subscription
 
+    @_main_call
     def dead_letters(self) -> list[DeadLetter]:
         """Messages whose activation failed with nobody waiting, oldest first (all nodes)."""
         forbid_inside_activation("dead_letters")
@@ -534,6 +578,7 @@ class Postgres(World[E]):
         with self._main_thread_takes_letter(dead_letter):
             self._deliver(dead_letter.envelope, raises=False, dead_letter=dead_letter.id)
 
+    @_main_call
     def discard(self, dead_letter: DeadLetter) -> None:
         """Drop a dead letter for good."""
         forbid_inside_activation("discard")
@@ -543,6 +588,7 @@ class Postgres(World[E]):
         if taken is None:
             raise LookupError(f"dead letter {dead_letter.id} is not (or no longer) in {self!r}")
 
+    @_main_call
     def close(self) -> None:
         """Stop this node's threads, end its subscriptions, and close its connections.
 
@@ -684,6 +730,7 @@ class Postgres(World[E]):
 
     # -- processing -----------------------------------------------------------------
 
+    @_main_call
     def _deliver(self, envelope: Envelope[Any, Any], raises: bool, dead_letter: int | None = None) -> object:
         """Process a caller's message on this node, after its entity's older pending messages."""
         self._check_open()
@@ -1108,6 +1155,7 @@ class Postgres(World[E]):
                         return follow
         return None
 
+    @_main_call
     def _drop_follow(self, token: uuid.UUID) -> None:
         follow = self._forget_follow(token)
         if follow is None or self._closed:
