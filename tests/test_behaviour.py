@@ -627,4 +627,3 @@ def test_a_single_entity_declaration_works(make_world: MakeWorld) -> None:
     assert world.send_sync(Counter.post("solo", Increment())) == 1
     with pytest.raises(UndeclaredEntityError):
         world.send(PingPong.post("x", ents.Pong()))
-

@@ -23,7 +23,7 @@ from pachyderm_typed import DatabaseUnavailableError, Ecosystem, SendInsideActiv
 from pachyderm_typed.ecosystems import Postgres
 from pachyderm_typed.ecosystems._pg_schema import lock_key
 from pachyderm_typed.ecosystems._postgres import inspect_postgres
-from tests.entities import READ_HOOK, App, Box, BoxApp, Boxed, Burst, Feed, Feeder, Counter, Fanout, Forward, Forwarder, Gate, Increment, Picky, Record, Recorder, Unlock, Work
+from tests.entities import READ_HOOK, App, Box, BoxApp, Boxed, Burst, Counter, Fanout, Feed, Feeder, Forward, Forwarder, Gate, Increment, Picky, Record, Recorder, Unlock, Work
 from tests.helpers_pgfaults.app import Pay, Wallet1, Wallet2, WalletV1, WalletV2
 from tests.helpers_postgres.support import DSN, ROOT, namespace, new_namespace, requires_postgres
 from tests.threads import run_on_threads
