@@ -35,7 +35,13 @@ thread_marks = _local
 
 @contextmanager
 def activating() -> Iterator[None]:
-    """Mark this thread as running activations (entered once per batch, not per message)."""
+    """Mark this thread as running activations (entered once per batch, not per message).
+
+    The engine's own sites that the main thread runs mark inline instead (``depth = ...;
+    try: ... finally: ...``): Python runs a signal handler (Ctrl-C) as any Python function
+    starts, this generator's ``__exit__`` too, and a KeyboardInterrupt there leaves the
+    generator suspended and the thread marked until the generator is collected; every call
+    of that thread in between would be refused as made inside an activation."""
     depth = _local.depth
     _local.depth = depth + 1
     try:
@@ -77,8 +83,12 @@ class Kernel:
         # init is the entity's code as much as activate: it must not call the ecosystem either.
         # It may run where the caller holds the engine's locks (a state() read), and a call
         # from there would wait for them forever.
-        with activating():
+        depth = _local.depth
+        _local.depth = depth + 1  # activating(), inline: see there
+        try:
             return spec.impl.init(address.id)
+        finally:
+            _local.depth = depth
 
     def activate(
         self,

@@ -55,15 +55,23 @@ class EveryLine:
     line, as it would a signal from outside that arrived then.
     """
 
-    def __init__(self, directory: str, handler: Callable[[], None], signum: int = signal.SIGUSR1) -> None:
+    def __init__(
+        self, directory: str, handler: Callable[[], None], signum: int = signal.SIGUSR1, by_timer: bool = False
+    ) -> None:
         self._directory = directory
         self._handler = handler
-        self._signum = signum
+        self._signum = signal.SIGALRM if by_timer else signum
+        self._by_timer = by_timer
         self._handling = False
+        self._armed = False
+        self._tracing = False
         self.landed: set[tuple[str, int]] = set()  # (file, line) where a signal was raised
-        signal.signal(signum, self._on_signal)
+        signal.signal(self._signum, self._on_signal)
 
     def _on_signal(self, signum: int, frame: object) -> None:
+        self._armed = False
+        if not self._tracing:
+            return  # a timer's signal that came after tracing stopped
         self._handling = True
         try:
             self._handler()
@@ -74,15 +82,28 @@ class EveryLine:
         if not frame.f_code.co_filename.startswith(self._directory):
             return None
         line = (frame.f_code.co_filename, frame.f_lineno)
-        if event == "line" and not self._handling and line not in self.landed:
+        if event == "line" and not self._handling and not self._armed and line not in self.landed:
             self.landed.add(line)
-            signal.raise_signal(self._signum)
+            if self._by_timer:
+                # The kernel sends it a few microseconds on, and Python runs the handler where
+                # it would run Ctrl-C's: at its next check for signals (a call, a loop's jump
+                # back), never between two plain steps such as a finally's first store.
+                # raise_signal runs the handler at once, here, on the line's first step.
+                self._armed = True
+                signal.setitimer(signal.ITIMER_REAL, 1e-5)
+            else:
+                signal.raise_signal(self._signum)
         return self._trace
 
     @contextlib.contextmanager
     def tracing(self) -> Iterator[None]:
+        self._tracing = True
         sys.settrace(self._trace)
         try:
             yield
         finally:
             sys.settrace(None)
+            self._tracing = False
+            if self._by_timer:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                self._armed = False

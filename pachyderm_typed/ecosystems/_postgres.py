@@ -92,7 +92,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pachyderm_typed._address import Address, Envelope, make_address
 from pachyderm_typed._codec import Codec, load_json
 from pachyderm_typed._ecosystem import AnyEntity, Ecosystem, EntitySpec
-from pachyderm_typed._kernel import activating, forbid_inside_activation
+from pachyderm_typed._kernel import forbid_inside_activation, thread_marks
 from pachyderm_typed._subscription import Subscription
 from pachyderm_typed._world import HISTORY_PER_ENTITY, DeadLetter, World, _interruptible, start_thread
 from pachyderm_typed.ecosystems._pg_schema import (
@@ -662,8 +662,8 @@ class Postgres(World[E]):
                 "and make the call after it returns; calls for other entities and dead letters are "
                 "served there"
             )
-        self._main_locks.add(lock)
-        try:
+        try:  # added inside: Ctrl-C's handler runs as add() returns, and must find the discard ahead
+            self._main_locks.add(lock)
             yield
         finally:
             self._main_locks.discard(lock)
@@ -775,7 +775,9 @@ class Postgres(World[E]):
                 messages.append((seq, entities[(kind, entity_id)], data))
         batch.more = len(messages) >= self.batch_size
         decode_message = self._codec.decode_message
-        with activating():
+        depth = thread_marks.depth
+        thread_marks.depth = depth + 1  # activating(), inline: see there
+        try:
             for seq, entity, body in messages:
                 if entity.blocked is not None:
                     continue  # an earlier message of this entity is unreadable here: keep FIFO
@@ -805,6 +807,8 @@ class Postgres(World[E]):
                 tail.done = True
                 if tail.error is not None and not tail.raises:
                     batch.dead.append((entity, tail.body, tail.envelope, tail.error))
+        finally:
+            thread_marks.depth = depth
         return batch
 
     def _prepare(self, entity: _Entity) -> None:
