@@ -480,6 +480,7 @@ class World(Generic[E]):
         self._lock_requests: deque[_thread.LockType] = deque()  # see _committing
         self._open = Batch()  # processed, not sealed
         self._sealed: deque[Batch] = deque()  # sealed, not yet committed (in order)
+        self._writing = False  # a batch taken from _sealed is being committed (see _settled)
         self._seq = 0  # of the last sealed batch
         self._states: dict[Address[Any, Any, Any], object] = {}
         # (first batch to push, subscription): a follower sees batches sealed after it started
@@ -824,6 +825,8 @@ class World(Generic[E]):
         ``commit=False``: MISSING instead of committing, if anything waits to be committed."""
         spec = self._spec_for_address(address)
         self._check_open()
+        if not commit:
+            return self._settled_now(spec, address, on_close)
         for _ in range(2):  # once more if a commit failed meanwhile: the state is then reread
             with self._committing():  # nobody else publishes until what we read is committed
                 with self._run_lock:
@@ -845,6 +848,23 @@ class World(Generic[E]):
                 self._unfollow(subscription)
         assert error is not None
         raise error  # the store failed twice in a row
+
+    def _settled_now(self, spec: EntitySpec, address: Address[Any, Any, Any], on_close: Any) -> Any:
+        """``_settled`` if everything processed is committed already, else MISSING.
+
+        Under the run lock alone, a lock of C's: the main thread reads this way inline, and
+        Ctrl-C's handler may run as any Python function starts, ``__exit__`` of a context
+        manager written in Python too, which would leave the commit lock held for good."""
+        with self._run_lock:
+            self._check_open()
+            if self._open or self._sealed or self._writing:
+                return MISSING
+            state = self._state_of(spec, address)
+            if on_close is None:
+                return state
+            subscription = Subscription(address, state, on_close)
+            self._followers.setdefault(address, []).append((self._seq + 1, subscription))
+            return subscription
 
     # -- processing (under the run lock) -------------------------------------------------
 
@@ -1083,17 +1103,21 @@ class World(Generic[E]):
                 if not sealed or (until is not None and sealed[0].seq > until):
                     return error
                 batch = sealed.popleft()
+                self._writing = True
             if self._released:  # close() ran; nothing can be written any more
                 _fail_items(batch.items(), ClosedError(f"{self!r} was closed before committing"))
+                self._writing = False
                 continue
             started = time.perf_counter() if self.pipelined else 0.0  # only a committer thread regroups
             try:
                 self._commit(batch)
             except BaseException as exc:
-                error = self._commit_failed_all(batch, exc)
+                error = self._commit_failed_all(batch, exc)  # (the cache is reset before _writing is)
+                self._writing = False
                 if not isinstance(exc, Exception):
                     raise
                 continue
+            self._writing = False  # durable: its states may be read as committed
             if self.pipelined:
                 self._regroup.committed(time.perf_counter() - started)
             self._publish(batch)

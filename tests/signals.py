@@ -86,11 +86,19 @@ class EveryLine:
             self.landed.add(line)
             if self._by_timer:
                 # The kernel sends it a few microseconds on, and Python runs the handler where
-                # it would run Ctrl-C's: at its next check for signals (a call, a loop's jump
-                # back), never between two plain steps such as a finally's first store.
-                # raise_signal runs the handler at once, here, on the line's first step.
+                # it would run Ctrl-C's: at its next check for signals (a function's start, a
+                # call's return, a loop's jump back), never between two plain steps such as a
+                # finally's first store. (raise_signal runs it at once, on the line's first
+                # step.) Tracing stops until then: Python checks for signals as this trace
+                # function starts, which would be a line's first step again.
                 self._armed = True
+                sys.settrace(None)
+                traced: FrameType | None = frame
+                while traced is not None:
+                    traced.f_trace = None
+                    traced = traced.f_back
                 signal.setitimer(signal.ITIMER_REAL, 1e-5)
+                return None
             else:
                 signal.raise_signal(self._signum)
         return self._trace

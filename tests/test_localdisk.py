@@ -32,6 +32,7 @@ from pachyderm_typed import (
     ReentrantCallError,
     SendInsideActivationError,
     StorageError,
+    Subscription,
     UpgradeError,
 )
 from pachyderm_typed.ecosystems import LocalDisk
@@ -640,6 +641,51 @@ def test_an_exception_a_handler_raises_as_a_shielded_call_starts_its_thread_is_r
         assert landed[0], "this Python's Thread.start() no longer waits there"
         assert world.dead_letters() == []
         assert world.send_sync(Counter.post("c", Increment())) == 1
+
+
+@pytest.mark.parametrize("read", ["state", "follow"])
+def test_an_exception_raised_as_a_context_manager_exits_in_an_inline_read_strands_nobody(
+    tmp_path: Path, read: str
+) -> None:
+    """Python runs a signal handler (Ctrl-C) as any Python function starts, a context
+    manager's ``__exit__`` too. The main thread's inline read used to hold the commit lock in
+    one written as a generator: an exception there left the generator suspended and the lock
+    held, and every caller waited for good. Reads take no such lock now. The trace function
+    raises where such a handler would, at the start of each ``__exit__`` written in Python
+    that runs during the read. (pytest runs tests in the main thread.)"""
+    exits: list[str] = []
+
+    def tracer(frame: Any, event: str, arg: object) -> Any:
+        if event == "call" and frame.f_code.co_name == "__exit__" and frame.f_code.co_filename.endswith(
+            "contextlib.py"
+        ):
+            exits.append(frame.f_code.co_filename)
+            raise Interrupted
+        return None
+
+    kept: list[Interrupted] = []  # as a program may keep what it caught (its traceback holds the frames)
+    world = LocalDisk(App, tmp_path / "read.db")  # closed only if nothing is stuck (closing would wait too)
+    world.send_sync(Counter.post("c", Increment()))
+    sys.settrace(tracer)
+    try:
+        got = world.state(Counter.address("c")) if read == "state" else world.follow(Counter.address("c"))
+    except Interrupted as exc:
+        kept.append(exc)
+        got = None
+    finally:
+        sys.settrace(None)
+    if isinstance(got, Subscription):
+        got.close()
+    answers: list[int] = []
+    caller = threading.Thread(
+        target=lambda: answers.append(world.send_sync(Counter.post("c", Increment()))), daemon=True
+    )
+    caller.start()
+    caller.join(20)
+    assert answers == [2], "a caller waited for a lock the interrupted read kept"
+    assert world.state(Counter.address("c")) == 2
+    world.close()
+    assert not kept and not exits, "an inline read ran a context manager written in Python"
 
 
 @pytest.mark.parametrize("read", ["stored", "new"])
