@@ -814,25 +814,20 @@ class World(Generic[E]):
             return self._settled(address, on_close)
         if not self.pipelined:
             return self._inside(lambda: self._settled(address, on_close))
-        found = self._inside(lambda: self._settled(address, on_close, commit=False))
+        found = self._inside(lambda: self._settled_now(address, on_close))
         if found is not MISSING:
             return found
         return _on_own_thread(lambda: self._settled(address, on_close))
 
-    def _settled(self, address: Address[Any, Any, Any], on_close: Any, commit: bool = True) -> Any:
+    def _settled(self, address: Address[Any, Any, Any], on_close: Any) -> Any:
         """The state after every message processed so far, once committed; with ``on_close``,
-        a subscription to it, registered so that it is pushed every later batch.
-        ``commit=False``: MISSING instead of committing, if anything waits to be committed."""
+        a subscription to it, registered so that it is pushed every later batch."""
         spec = self._spec_for_address(address)
         self._check_open()
-        if not commit:
-            return self._settled_now(spec, address, on_close)
         for _ in range(2):  # once more if a commit failed meanwhile: the state is then reread
             with self._committing():  # nobody else publishes until what we read is committed
                 with self._run_lock:
                     self._check_open()
-                    if not commit and (self._open or self._sealed):
-                        return MISSING
                     state = self._state_of(spec, address)
                     if self._open:
                         self._seal()
@@ -849,12 +844,14 @@ class World(Generic[E]):
         assert error is not None
         raise error  # the store failed twice in a row
 
-    def _settled_now(self, spec: EntitySpec, address: Address[Any, Any, Any], on_close: Any) -> Any:
+    def _settled_now(self, address: Address[Any, Any, Any], on_close: Any) -> Any:
         """``_settled`` if everything processed is committed already, else MISSING.
 
         Under the run lock alone, a lock of C's: the main thread reads this way inline, and
         Ctrl-C's handler may run as any Python function starts, ``__exit__`` of a context
         manager written in Python too, which would leave the commit lock held for good."""
+        spec = self._spec_for_address(address)
+        self._check_open()
         with self._run_lock:
             self._check_open()
             if self._open or self._sealed or self._writing:
@@ -1112,12 +1109,12 @@ class World(Generic[E]):
             try:
                 self._commit(batch)
             except BaseException as exc:
-                error = self._commit_failed_all(batch, exc)  # (the cache is reset before _writing is)
-                self._writing = False
+                error = self._commit_failed_all(batch, exc)
                 if not isinstance(exc, Exception):
                     raise
                 continue
-            self._writing = False  # durable: its states may be read as committed
+            finally:  # durable, or failed with the cache reset: either way, not being written
+                self._writing = False
             if self.pipelined:
                 self._regroup.committed(time.perf_counter() - started)
             self._publish(batch)
