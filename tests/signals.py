@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from types import FrameType
+from types import CodeType, FrameType
 from typing import Any
 
 _SIGNALLER = """
@@ -46,6 +46,15 @@ def signal_self_until(stop: float, signum: int = signal.SIGUSR1) -> Signaller:
     return Signaller(stop, signum)
 
 
+def _inside(frame: FrameType | None, code: CodeType) -> bool:
+    """Whether ``code`` runs in ``frame`` or in one of its callers."""
+    while frame is not None:
+        if frame.f_code is code:
+            return True
+        frame = frame.f_back
+    return False
+
+
 class EveryLine:
     """Runs a handler on every line of a package this thread runs, once per line.
 
@@ -68,7 +77,14 @@ class EveryLine:
         self.landed: set[tuple[str, int]] = set()  # (file, line) where a signal was raised
         signal.signal(self._signum, self._on_signal)
 
-    def _on_signal(self, signum: int, frame: object) -> None:
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self._by_timer and _inside(frame, EveryLine._trace.__code__):
+            # The timer went off before _trace returned: Python runs the handler as setitimer
+            # returns, and what it raises would surface at the traced line's first step, where
+            # no real signal's handler runs. Try again once _trace has returned (long enough
+            # that the new timer does not go off in this handler in turn).
+            signal.setitimer(signal.ITIMER_REAL, 2e-4)
+            return
         self._armed = False
         if not self._tracing:
             return  # a timer's signal that came after tracing stopped
