@@ -558,6 +558,36 @@ def scale(directory: Path, entities: int, calls: int) -> list[dict[str, Any]]:
 # -- report -------------------------------------------------------------------------------
 
 
+def print_thread_bounds(rows: list[tuple[str, int, float, float, float]], handoff: float) -> None:
+    """About the most any committer gets from N thread senders, each waiting for its own commit.
+
+    Between being answered and sending again, each of the N threads must run Python, so
+    must be woken and take the GIL, one after another: a cycle in which one commit carries
+    all N leaves the disk idle for at least N handoffs, C(N) / (C(N) + N h) of raw B=N. A
+    committer that does not wait splits the senders into two groups whose commits carry
+    N/2 each, C(N) / (2 C(N/2)) at best; C(k) is a raw commit of k rows, from this run.
+    """
+    if not rows:
+        return
+    print("About the most any committer reaches with N thread senders, from this run's raw commits and handoff")
+    print(
+        f"{'senders':<18} {'C(N) us':>8} {'C(N/2) us':>10} {'one group':>10} {'two groups':>11} "
+        f"{'bound':>6} {'LocalDisk/raw':>14} {'LocalDisk/bound':>16}"
+    )
+    for label, senders, full, half, rate in rows:
+        whole = senders / full  # seconds per commit of N rows
+        split = (senders // 2) / half
+        one, two = whole / (whole + senders * handoff), whole / (2 * split)
+        bound = max(one, two)
+        print(
+            f"{label:<18} {whole * 1e6:>8.0f} {split * 1e6:>10.0f} {one:>10.2f} {two:>11.2f} "
+            f"{bound:>6.2f} {rate / full:>14.2f} {rate / bound / full:>16.2f}"
+        )
+    print("one group: every commit carries all N, the disk idle while N threads are woken in turn;")
+    print("two groups: they take turns, each commit carries N/2. Where the bound is below 0.5, the")
+    print("target is out of reach for thread senders on this host, with or without a library\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=2.0, help="duration of each throughput run")
@@ -608,6 +638,7 @@ def main() -> None:
             f"{'raw B=same /s':>14} {'ratio':>6} {'floor /s':>9} {'per commit':>10} {'ratio':>6} {'floor/raw':>9} "
             f"{'CPU us/act':>10} {'floor':>6} {'no I/O /s':>10} {'/raw':>5}"
         )
+        bounds: list[tuple[str, int, float, float, float]] = []  # thread rows: label, N, B=N, B=N/2, LocalDisk
         for label, runner, floor, senders in (
             ("8 threads", threads_rate, floor_threads, 8),
             ("16 threads", threads_rate, floor_threads, 16),
@@ -615,14 +646,18 @@ def main() -> None:
             ("64 asyncio tasks", tasks_rate, floor_tasks, 64),
         ):
             # The host's speed drifts within minutes: the contenders take turns, medians are shown.
-            runs, floors, limits, sames, memories = [], [], [], [], []
+            runs, floors, limits, sames, memories, halves = [], [], [], [], [], []
             for _ in range(max(1, args.repeat)):
                 runs.append(runner(directory, senders, args.seconds))
                 memories.append(runner(directory, senders, args.seconds / 2, durable=False))
                 floors.append(floor(directory, senders, args.seconds))
                 limits.append(raw_batched(directory, senders, args.seconds / 2))
                 sames.append(raw_batched(directory, max(1, round(runs[-1].per_commit)), args.seconds / 2))
+                if runner is threads_rate:
+                    halves.append(raw_batched(directory, senders // 2, args.seconds / 2))
             run = median_rate(runs)
+            if halves:
+                bounds.append((label, senders, statistics.median(limits), statistics.median(halves), run.per_second))
             least = median_rate(floors)
             memory = median_rate(memories).per_second
             rate, limit, same = run.per_second, statistics.median(limits), statistics.median(sames)
@@ -639,10 +674,12 @@ def main() -> None:
         print("no I/O: the same callers on InMemory, the same engine with commits that cost nothing;")
         print("/raw: its ratio to raw B=N. LocalDisk does all of that work and its commits on top, so it")
         print("can hardly pass this ratio: where it is near 0.5, the target asks for free durability")
+        handoff = thread_handoff()
         print(
-            f"thread handoff (a thread waking another): {thread_handoff() * 1e6:.0f} us one way, median; "
+            f"thread handoff (a thread waking another): {handoff * 1e6:.0f} us one way, median; "
             "a commit wakes its thread callers one after another\n"
         )
+        print_thread_bounds(bounds, handoff)
         if SLOW_COMMIT:
             return  # latency and scale are about this machine's own disk
 
