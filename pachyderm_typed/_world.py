@@ -25,7 +25,7 @@ whatever is queued into one batch: asyncio callers one commit answered come back
 together and share the next commit. (Committing a long queue in two halves, so
 that one half's Python overlaps the other's fsync, took a quarter more CPU per
 call for no more calls per second on a real disk, and made fewer on a fast one:
-see the README's LocalDisk performance notes.)
+see docs/performance.md.)
 
 * ``send_sync``/``send`` called from a plain thread process inline (no thread
   hop): the caller processes the queue up to its own message, together with

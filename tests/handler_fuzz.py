@@ -20,7 +20,7 @@ KeyboardInterrupt as Ctrl-C raises it (on LocalDisk and Postgres; in memory it m
 other threads' calls, as the README says), delivered by a timer so that it lands where
 Python runs a real signal's handler, once per call: the interrupted call is applied once or
 not at all, and no other caller notices. It found the hangs and the
-starved reads the README's fix lists describe (Postgres's discard of a letter being
+starved reads docs/reliability.md describes (Postgres's discard of a letter being
 retried, the in-memory handler calling in after the main thread queued, reads starved by
 looping callers).
 """
