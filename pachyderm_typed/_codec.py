@@ -119,6 +119,7 @@ class Codec:
         converter.register_unstructure_hook_func(lambda tp: tp is object, self._unstructure_object)
         converter.register_structure_hook_func(lambda tp: tp is object, lambda value, _: value)
         self._union_members: dict[object, tuple[Any, ...]] = {}
+        self._reached: dict[object, None] = {}  # every type _check looked at, in order
         for spec in declaration.specs:
             for role, tp in (("id", spec.id_type), ("message", spec.message_type), ("state", spec.state_type)):
                 try:
@@ -130,6 +131,7 @@ class Codec:
                         f"{spec.cls.__qualname__} has id type {tp!r}: ids are stored as keys, so give "
                         "them a concrete type (str, int, UUID, or a tuple of these)"
                     )
+        self._make_hooks()
         # The converter's hooks, looked up once per entity type rather than on every record.
         get = converter.get_unstructure_hook
         self._unstructure: dict[EntitySpec, tuple[_Hook, _Hook, _Hook]] = {
@@ -138,8 +140,35 @@ class Codec:
 
     # -- declaration-time check -----------------------------------------------------
 
+    def _make_hooks(self) -> None:
+        """Make, now, every hook the converter will need for the declared types, and keep them.
+
+        cattrs makes a class's hook the first time it meets the class, and marks the class
+        as being made, in a per-thread set, just before a ``try``: a KeyboardInterrupt landing
+        between the two (Ctrl-C in the main thread, as a stored state is first decoded) left
+        the mark for good, and every later decode of that class in that thread failed with
+        RecursionError, reported as a corrupt record. Its cache of hooks is not enough to
+        keep them: making a hook for a tuple or a set empties it. So the hooks made here are
+        registered as they are, and no call makes one again.
+        """
+        converter = self.converter
+        made: tuple[dict[object, Any], dict[object, Any]] = ({}, {})
+        for tp in self._reached:
+            for kept, make in zip(made, (converter.get_structure_hook, converter.get_unstructure_hook)):
+                try:
+                    kept[tp] = make(tp)
+                except Exception:  # the record that needs it gets the error, as before
+                    continue
+        structure_hooks, unstructure_hooks = made
+        converter.register_structure_hook_factory(structure_hooks.__contains__, lambda tp: structure_hooks[tp])
+        converter.register_unstructure_hook_factory(unstructure_hooks.__contains__, lambda tp: unstructure_hooks[tp])
+
     def _check(self, tp: object, seen: set[object]) -> None:
         """Raise CodecError naming the part of ``tp`` the converter cannot store."""
+        try:
+            self._reached[tp] = None
+        except TypeError:  # an unhashable annotation: nothing to make ahead for it
+            pass
         if tp is Any or tp is object or tp in _LEAVES or _is_address(tp):
             return
         if isinstance(tp, TypeVar):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import uuid
+from typing import Any
 
 import attrs
 import pytest
@@ -63,6 +66,32 @@ def test_states_and_messages_round_trip_with_tags_and_addresses(codec: Codec) ->
     envelope = Keeper.post(KEY, Answer("yes"))
     assert codec.decode_message(codec.encode_message(envelope)) == envelope
     assert codec.decode_id(spec, codec.encode_id(spec, KEY)) == KEY
+
+
+def test_storing_and_loading_make_no_converter_code_once_the_codec_is_built(codec: Codec) -> None:
+    """Every hook is made when the codec is built (see ``Codec._make_hooks``): cattrs making one
+    on first use is a window in which Ctrl-C breaks that class's decoding in that thread. Each
+    kind of value here, union members, nested addresses and all, is met for the first time."""
+    spec = codec.declaration.by_class[Keeper]
+    made: list[tuple[str, int]] = []
+
+    def tracer(frame: Any, event: str, arg: object) -> Any:
+        if "cattrs" in frame.f_code.co_filename and f"gen{os.sep}" in frame.f_code.co_filename:
+            made.append((frame.f_code.co_name, frame.f_lineno))
+        return None
+
+    sys.settrace(tracer)
+    try:
+        for book in (Book(1), Book(2, Ask(reply_to=Keeper.address(KEY)), frozenset({"a"})), Book(3, Answer("no"))):
+            assert codec.decode_state(spec, codec.encode_state(spec, book)) == book
+        for message in (Ask(reply_to=Keeper.address(("x", uuid.UUID(int=1)))), Answer("yes")):
+            envelope = Keeper.post(KEY, message)
+            assert codec.decode_message(codec.encode_message(envelope)) == envelope
+        assert codec.decode_id(spec, codec.encode_id(spec, KEY)) == KEY
+        assert codec.decode_state(spec, b'{"v":1,"s":12}') == Book(12, None, frozenset({"old"}))
+    finally:
+        sys.settrace(None)
+    assert made == []
 
 
 def test_old_records_are_upgraded_step_by_step(codec: Codec) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import linecache
+import os
 import random
 import signal
 import sqlite3
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import cattrs.gen
 import pytest
 
 from pachyderm_typed import (
@@ -38,7 +41,9 @@ from pachyderm_typed import (
 from pachyderm_typed.ecosystems import LocalDisk
 from pachyderm_typed._dbmfile import put_statement
 from pachyderm_typed._world import Batch, Regroup
-from tests.entities import READ_HOOK, App, Box, BoxApp, Boxed, Counter, Feed, Feeder, Increment, Picky, Ping, PingPong, Unlock, Work
+from tests.entities import (
+    READ_HOOK, App, Box, BoxApp, Boxed, Counter, Feed, Feeder, Gate, Increment, Picky, Ping, PingPong, Unlock, Work,
+)
 from tests.guards import hangs_fail
 from tests.helpers_localdisk.workload import Entry, Fan, Log, Spread
 from tests.helpers_localdisk.workload import Work as LogWork
@@ -615,6 +620,10 @@ class Interrupted(Exception):
     """What a signal handler raises in these tests (KeyboardInterrupt would stop pytest)."""
 
 
+class Stopped(BaseException):
+    """Ctrl-C's KeyboardInterrupt as far as the library can tell (pytest would stop for the real one)."""
+
+
 def test_an_exception_a_handler_raises_as_a_shielded_call_starts_its_thread_is_raised_as_is(
     tmp_path: Path,
 ) -> None:
@@ -641,6 +650,47 @@ def test_an_exception_a_handler_raises_as_a_shielded_call_starts_its_thread_is_r
         assert landed[0], "this Python's Thread.start() no longer waits there"
         assert world.dead_letters() == []
         assert world.send_sync(Counter.post("c", Increment())) == 1
+
+
+def test_an_exception_raised_as_the_first_stored_state_is_decoded_leaves_decoding_working(tmp_path: Path) -> None:
+    """cattrs makes a class's structuring code the first time it meets the class, and marks
+    the class as being made just before a ``try``. Ctrl-C landing between the two (a signal's
+    handler runs as the call that marks it returns) left the mark in the main thread for
+    good: every later read of that entity there failed, called corrupt ("does not fit Gate:
+    RecursionError"). The codec now has it made when the ecosystem is built. The trace
+    function raises exactly there, if a read still makes anything; nothing may be made."""
+    path = tmp_path / "first-decode.db"
+    with LocalDisk(App, path) as world:
+        world.send_sync(Picky.post("g", Unlock()))
+    made: list[int] = []
+
+    def tracer(frame: Any, event: str, arg: object) -> Any:
+        filename = frame.f_code.co_filename
+        if "cattrs" not in filename or f"gen{os.sep}" not in filename:
+            return tracer
+        if event == "line":
+            made.append(frame.f_lineno)
+            here = linecache.getline(filename, frame.f_lineno).strip()
+            before = [linecache.getline(filename, n).strip() for n in range(frame.f_lineno - 3, frame.f_lineno)]
+            if here == "try:" and "working_set.add(cl)" in before:
+                raise Stopped  # as KeyboardInterrupt, a BaseException: the codec lets it through
+        return tracer
+
+    world = LocalDisk(App, path)  # a new codec: nothing decoded yet
+    try:
+        sys.settrace(tracer)
+        try:
+            first = world.state(Picky.address("g"))
+        except Stopped:
+            first = None
+        finally:
+            sys.settrace(None)
+        assert world.state(Picky.address("g")) == Gate(open=True, total=0)
+        assert first == Gate(open=True, total=0)
+        assert made == [], "reading a stored state made converter code"
+    finally:
+        world.close()
+        vars(cattrs.gen.already_generating).pop("working_set", None)  # (after a failure: leave the thread clean)
 
 
 @pytest.mark.parametrize("read", ["state", "follow"])
