@@ -656,11 +656,11 @@ def main() -> None:
                 if runner is threads_rate:
                     halves.append(raw_batched(directory, senders // 2, args.seconds / 2))
             run = median_rate(runs)
-            if halves:
-                bounds.append((label, senders, statistics.median(limits), statistics.median(halves), run.per_second))
             least = median_rate(floors)
             memory = median_rate(memories).per_second
             rate, limit, same = run.per_second, statistics.median(limits), statistics.median(sames)
+            if halves:
+                bounds.append((label, senders, limit, statistics.median(halves), rate))
             print(
                 f"{label:<18} {rate:>12,.0f} {run.per_commit:>10.1f} {limit:>11,.0f} {rate / limit:>6.2f} "
                 f"{same:>14,.0f} {rate / same:>6.2f} {least.per_second:>9,.0f} {least.per_commit:>10.1f} "

@@ -31,7 +31,7 @@ import threading
 import types
 import typing
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import attrs
@@ -152,14 +152,8 @@ class Codec:
         registered as they are, and no call makes one again.
         """
         converter = self.converter
-        made: tuple[dict[object, Any], dict[object, Any]] = ({}, {})
-        for tp in self._reached:
-            for kept, make in zip(made, (converter.get_structure_hook, converter.get_unstructure_hook)):
-                try:
-                    kept[tp] = make(tp)
-                except Exception:  # the record that needs it gets the error, as before
-                    continue
-        structure_hooks, unstructure_hooks = made
+        structure_hooks = _made(converter.get_structure_hook, self._reached)
+        unstructure_hooks = _made(converter.get_unstructure_hook, self._reached)
         converter.register_structure_hook_factory(structure_hooks.__contains__, lambda tp: structure_hooks[tp])
         converter.register_unstructure_hook_factory(unstructure_hooks.__contains__, lambda tp: unstructure_hooks[tp])
 
@@ -442,6 +436,18 @@ def _name(tp: object) -> str:
     if isinstance(tp, type):
         return tp.__qualname__
     return repr(tp).replace("typing.", "")
+
+
+def _made(make: Callable[[Any], Any], types: Iterable[object]) -> dict[object, Any]:
+    """The hook ``make`` gives each of ``types``; one it cannot make is left out (the record
+    that needs it gets the error when it is stored or loaded, as without this)."""
+    hooks = {}
+    for tp in types:
+        try:
+            hooks[tp] = make(tp)
+        except Exception:
+            continue
+    return hooks
 
 
 def _raise_refusal(exc: BaseException, what: str | None) -> None:
